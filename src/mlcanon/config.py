@@ -1,0 +1,183 @@
+"""Config dataclasses: one per algorithm, a help text on every field, turned into CLI flags.
+
+Every algorithm's config inherits :class:`CommonConfig` (seed, device, precision, ...) and declares its own
+fields with :func:`option`, which stores the one-line help text (shown by ``mlcanon train NAME --help``) and,
+optionally, the allowed choices. ``validate(config)`` checks types, choices and bounds and raises
+:class:`~mlcanon.errors.UserError` naming the field and the fix - nothing is silently coerced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from mlcanon.errors import UserError
+
+_MISSING = dataclasses.MISSING
+
+
+def option(default: Any = _MISSING, help: str = "", *, choices: tuple | None = None, min: float | None = None,
+           max: float | None = None, default_factory: Any = _MISSING) -> Any:
+    """A config field with its help text (the field's docstring), allowed choices and numeric bounds."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max}
+    if default_factory is not _MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass
+class CommonConfig:
+    """Fields every algorithm shares; the names are the same everywhere (DESIGN.md section 3)."""
+
+    seed: int = option(0, "first random seed; the same seed and config give the same metrics on CPU")
+    device: str = option("auto", "where to run: cpu, cuda, or auto (cuda when available)",
+                         choices=("auto", "cpu", "cuda"))
+    precision: str = option("fp32", "fp32, or bf16 autocast for the forward pass", choices=("fp32", "bf16"))
+    compile: bool = option(False, "wrap the model in torch.compile (slow to start on CPU)")
+    out_dir: str = option("runs", "parent folder of run folders")
+    checkpoint_every: int = option(0, "steps between checkpoints (0: once per epoch / every 10%)", min=0)
+    log_every: int = option(0, "steps between logged metrics (0: an automatic choice)", min=0)
+    progress: bool = option(True, "show a progress bar")
+
+
+def fields(cls_or_obj) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls_or_obj) if f.init]
+
+
+def _resolve_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def base_type(tp: Any) -> tuple[Any, bool]:
+    """(inner type, optional?) for ``X`` / ``X | None`` annotations."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def parse_value(tp: Any, text: str, name: str) -> Any:
+    """Parse a CLI string into the field's type; a bad value is a UserError naming the flag."""
+    inner, optional = base_type(tp)
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    flag = "--" + name.replace("_", "-")
+    try:
+        if inner is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if inner is int:
+            return int(text)
+        if inner is float:
+            return float(text)
+        if inner is str:
+            return text
+        origin = typing.get_origin(inner)
+        if origin in (tuple, list):
+            (elem,) = set(a for a in typing.get_args(inner) if a is not Ellipsis) or {str}
+            parts = [p for p in text.replace(",", " ").split() if p]
+            vals = [parse_value(elem, p, name) for p in parts]
+            return tuple(vals) if origin is tuple else vals
+    except ValueError:
+        raise UserError(f"{flag}: cannot read {text!r} as {getattr(inner, '__name__', inner)}; "
+                        f"give e.g. {flag} {_example(inner)}") from None
+    raise TypeError(f"unsupported config field type {tp!r} for {name}")
+
+
+def _example(tp):
+    return {bool: "true", int: "10", float: "0.001", str: "name"}.get(tp, "1,2,3")
+
+
+def validate(config) -> None:
+    """Check every field's type, choices and bounds; raise UserError naming the flag and the fix."""
+    hints = _resolve_types(type(config))
+    for f in fields(config):
+        value = getattr(config, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        inner, optional = base_type(hints[f.name])
+        if value is None:
+            if optional:
+                continue
+            raise UserError(f"{flag} must be set (got None)")
+        if inner is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+            setattr(config, f.name, value)
+        ok = isinstance(value, inner) if isinstance(inner, type) else True
+        if inner is int and isinstance(value, bool):
+            ok = False
+        if inner in (int, float) and isinstance(value, bool):
+            ok = False
+        if not ok:
+            raise UserError(f"{flag} must be {inner.__name__}, got {value!r} ({type(value).__name__})")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise UserError(f"{flag} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if lo is not None and value < lo:
+            raise UserError(f"{flag} must be >= {lo}; got {value!r}")
+        if hi is not None and value > hi:
+            raise UserError(f"{flag} must be <= {hi}; got {value!r}")
+    check = getattr(config, "check", None)
+    if callable(check):
+        check()
+
+
+def to_dict(config) -> dict[str, Any]:
+    d = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Any:
+    """Build a config from a dict (config.json / a --config file); unknown keys are a UserError."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}; "
+                        f"known fields: {', '.join(sorted(names))}")
+    hints = _resolve_types(cls)
+    kwargs = {}
+    for k, v in data.items():
+        inner, _ = base_type(hints[k])
+        if isinstance(v, list) and typing.get_origin(inner) is tuple:
+            v = tuple(v)
+        kwargs[k] = v
+    config = cls(**kwargs)
+    validate(config)
+    return config
+
+
+def load_file(cls, path: str | Path) -> Any:
+    """Read a config from a .json or .toml file (only the fields it names; defaults for the rest)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise UserError(f"--config {path}: use a .toml or .json file")
+    except (json.JSONDecodeError, ValueError) as e:
+        raise UserError(f"--config {path}: cannot parse ({e})") from None
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    data.pop("algorithm", None)
+    return from_dict(cls, data, source=f"--config {path}")
+
+
+def replace(config, **changes):
+    new = dataclasses.replace(config, **changes)
+    validate(new)
+    return new

@@ -1,0 +1,1 @@
+"""Reinforcement learning: tabular MDPs and dynamic programming, tabular learning, deep agents."""
