@@ -19,6 +19,7 @@ class MDP:
     R: np.ndarray            # [S, A] expected reward r(s, a) = sum_s' P(s'|s,a) r(s,a,s')
     gamma: float             # discount in [0, 1]
     terminal: np.ndarray     # [S] bool, absorbing states with value 0
+    start: np.ndarray | None = None   # [S] initial-state distribution (None: uniform over non-terminal states)
 
     @property
     def num_states(self) -> int:
@@ -35,6 +36,10 @@ class MDP:
             raise UserError(f"MDP.terminal must have shape [{S}], got {self.terminal.shape}")
         if not 0.0 <= float(self.gamma) <= 1.0:
             raise UserError(f"MDP.gamma must be in [0, 1], got {self.gamma}")
+        if self.start is None:
+            nonterm = ~self.terminal
+            self.start = nonterm / max(1, nonterm.sum()) if nonterm.any() else np.full(S, 1.0 / S)
+        self.start = np.asarray(self.start, dtype=np.float64)
         if isinstance(self.P, np.ndarray):
             if self.P.shape != (S, A, S):
                 raise UserError(f"MDP.P must have shape [{S}, {A}, {S}], got {self.P.shape}")
