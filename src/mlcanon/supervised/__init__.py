@@ -1,0 +1,1 @@
+"""Supervised learning: classifiers (MLP, CNN, ResNet, ViT, LSTM), fit/evaluate, Grad-CAM, other tasks."""
