@@ -1,0 +1,3 @@
+from mlcanon.cli import main
+
+raise SystemExit(main())
