@@ -1,0 +1,545 @@
+"""Tabular learning from interaction (S&B ch. 5-7): Monte Carlo, TD(0), SARSA, expected SARSA, Q-learning, n-step.
+
+Vectorized over seeds: ``N`` independent learners are ONE array (Q-tables ``[N, S, A]``, states ``[N]``), and
+environments with a model (an :class:`~mlcanon.rl.mdp.MDP`) are simulated for all seeds at once from its tables:
+``s' ~ P[s, a]`` by comparing one uniform per seed with the cumulative sums, reward ``R[s, a]`` (the expected
+reward). Every draw comes from one :class:`numpy.random.Generator` per run, in a fixed order, so the same seed
+gives the same result. Episodes end at terminal states (no bootstrap) or at the ``max_steps`` time limit
+(truncation: the target bootstraps from the last state, it is NOT treated as terminal).
+
+Seeds run asynchronously: each seed starts its next episode as soon as the last one ends, and stops once it
+has done ``episodes`` episodes (Monte Carlo runs the seeds' episodes in lock-step, since it learns only at
+episode ends). Gymnasium environments without a model (Discrete observation and action spaces) are stepped
+for real, one env per seed.
+
+Entry points: :func:`q_learning`, :func:`sarsa`, :func:`expected_sarsa`, :func:`nstep_sarsa`,
+:func:`td0_prediction`, :func:`nstep_td_prediction`, :func:`mc_prediction`, :func:`mc_control`; the
+:class:`Learner` behind them can be advanced in chunks and checkpointed (``state_dict``/``load_state_dict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from mlcanon.errors import UserError
+from mlcanon.rl import exploration as ex
+from mlcanon.rl.mdp import MDP
+
+CONTROL = ("q-learning", "sarsa", "expected-sarsa", "nstep-sarsa", "mc")
+PREDICTION = ("td0", "nstep-td", "mc-prediction")
+METHODS = CONTROL + PREDICTION
+
+
+# ------------------------------------------------------------------------------------------ simulators
+class MDPSim:
+    """N copies of an MDP stepped at once from its tables (one uniform per seed and step)."""
+
+    def __init__(self, mdp: MDP, num_seeds: int):
+        self.mdp = mdp
+        self.N = num_seeds
+        self.S, self.A = mdp.R.shape
+        self.R = np.asarray(mdp.R, dtype=np.float64)
+        self.terminal = np.asarray(mdp.terminal, dtype=bool)
+        self.nxt, self.cum = mdp.sampling_tables()           # successors [S, A, K] and their cumsums
+        K = self.nxt.shape[-1]
+        self.K = K
+        self.next = self.nxt[..., 0] if K == 1 else None      # deterministic MDP: s' = next[s, a]
+        start = np.cumsum(mdp.start)
+        start[-1] = 1.0                                       # exact top: u in [0, 1) always lands in a state
+        self.start_cum = start
+        self.has_model = True
+
+    def reset(self, idx: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Start states for seeds ``idx``: s0 ~ start distribution, by inverse CDF of ``u`` [len(idx)]."""
+        return (u[:, None] >= self.start_cum[None, :]).sum(-1)
+
+    def step(self, s: np.ndarray, a: np.ndarray, u: np.ndarray):
+        """(s', r, terminated, env_truncated=None) per seed: s' ~ P[s, a] by inverse CDF of u, r = R[s, a]."""
+        if self.next is not None:
+            s2 = self.next[s, a]
+        else:
+            k = np.minimum((u[:, None] >= self.cum[s, a]).sum(-1), self.K - 1)  # first k with u < F_k
+            s2 = self.nxt[s, a, k]
+        return s2, self.R[s, a], self.terminal[s2], None
+
+
+class GymSim:
+    """N real gymnasium envs (Discrete spaces, no model), stepped one at a time."""
+
+    def __init__(self, env_id, num_seeds: int, seed: int):
+        import gymnasium as gym
+
+        self.envs = [gym.make(env_id) if isinstance(env_id, str) else env_id for _ in range(num_seeds)]
+        if not isinstance(env_id, str) and num_seeds > 1:
+            raise UserError("a gymnasium Env object supports --num-seeds 1 only; pass its id to run several")
+        e = self.envs[0]
+        for space, what in ((e.observation_space, "observation"), (e.action_space, "action")):
+            if not isinstance(space, gym.spaces.Discrete) or int(space.start) != 0:
+                raise UserError(f"{env_id}: tabular methods need a Discrete {what} space starting at 0, got "
+                                f"{space}; use a deep RL agent (e.g. dqn) for this env")
+        self.N = num_seeds
+        self.S, self.A = int(e.observation_space.n), int(e.action_space.n)
+        self.seed = seed
+        self.started = np.zeros(num_seeds, dtype=bool)
+        self.mdp = None
+        self.has_model = False
+
+    def reset(self, idx, u):
+        """Reset envs ``idx`` (seeded with seed + n on their first reset); ``u`` is unused."""
+        out = np.empty(len(idx), dtype=np.int64)
+        for k, n in enumerate(idx):
+            seed = None if self.started[n] else int(self.seed) * 100_003 + int(n)
+            self.started[n] = True
+            out[k] = self.envs[n].reset(seed=seed)[0]
+        return out
+
+    def step(self, s, a, u):
+        """Step every env once; ``u`` is unused (the envs have their own seeded generators)."""
+        N = len(a)
+        s2 = np.empty(N, dtype=np.int64)
+        r = np.empty(N)
+        term = np.empty(N, dtype=bool)
+        trunc = np.empty(N, dtype=bool)
+        for n in range(N):
+            o, rew, te, tr, _ = self.envs[n].step(int(a[n]))
+            s2[n], r[n], term[n], trunc[n] = o, rew, te, tr
+        return s2, r, term, trunc
+
+
+def resolve_env(env) -> tuple[MDP | None, object]:
+    """(MDP or None, env spec): an MDP as is; an id / Env through mlcanon.rl.envs.mdp_of, None when model-free."""
+    if isinstance(env, MDP):
+        return env, env
+    from mlcanon.rl import envs as envs_mod
+    try:
+        return envs_mod.mdp_of(env), env
+    except UserError:
+        return None, env
+
+
+def make_sim(env, num_seeds: int, seed: int):
+    """A simulator for ``env``: from its MDP tables when it has one, else by stepping real envs."""
+    mdp, spec = resolve_env(env)
+    if mdp is not None:
+        return MDPSim(mdp, num_seeds)
+    return GymSim(spec, num_seeds, seed)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def greedy_policy(Q: np.ndarray) -> np.ndarray:
+    """pi(s) = argmax_a Q(s, a) (lowest index on ties) for Q of shape [..., S, A]."""
+    return Q.argmax(-1)
+
+
+def policy_value(mdp: MDP, policy: np.ndarray, horizon: int, gamma: float | None = None) -> np.ndarray:
+    """Expected return of deterministic policies ``policy`` [N, S] within ``horizon`` steps -> V [N, S].
+
+    V_{k+1}(s) = R(s, pi(s)) + gamma * sum_s' P(s'|s, pi(s)) V_k(s'), V_0 = 0, terminal states 0 (finite-horizon
+    Bellman expectation backup, S&B eq. 4.5); finite even for improper policies at gamma = 1.
+    """
+    gamma = mdp.gamma if gamma is None else gamma
+    policy = np.atleast_2d(policy)
+    N, S = policy.shape
+    P = mdp.dense_P()
+    alive = (~np.asarray(mdp.terminal, dtype=bool)).astype(np.float64)
+    out = np.empty((N, S))
+    chunk = max(1, int(2e7 // (S * S)))                     # keep P_pi [chunk, S, S] under ~160 MB
+    for lo in range(0, N, chunk):
+        pi = policy[lo:lo + chunk]
+        Ppi = P[np.arange(S)[None, :], pi]                   # [n, S, S']  P(s'|s, pi(s))
+        Rpi = mdp.R[np.arange(S)[None, :], pi] * alive       # [n, S]      R(s, pi(s)), 0 at terminals
+        V = np.zeros_like(Rpi)
+        for _ in range(int(horizon)):
+            V = Rpi + gamma * alive * np.einsum("nst,nt->ns", Ppi, V)   # S&B eq. 4.5, one backup
+        out[lo:lo + chunk] = V
+    return out
+
+
+# ------------------------------------------------------------------------------------------ results
+@dataclasses.dataclass
+class LearnResult:
+    """What a learning run returns: tables, per-episode curves and the epsilon used per episode."""
+
+    Q: np.ndarray | None          # [N, S, A] (control)
+    V: np.ndarray | None          # [N, S]    (prediction)
+    returns: np.ndarray           # [N, episodes] undiscounted episode returns
+    lengths: np.ndarray           # [N, episodes] episode lengths (steps)
+    epsilon: np.ndarray           # [episodes] epsilon used in each episode (0 for prediction)
+    steps: int                    # env steps taken, all seeds together
+
+
+# ------------------------------------------------------------------------------------------ learner
+class Learner:
+    """N seeds of one tabular method, advanced in chunks of whole-run progress and checkpointable.
+
+    Progress is counted in episodes completed by *every* seed (``min(episode counters)``).
+    """
+
+    def __init__(self, method: str, env, *, episodes: int, num_seeds: int = 1, alpha: float | None = 0.1,
+                 gamma: float | None = None, schedule=None, max_steps: int = 200, n: int = 1,
+                 first_visit: bool = True, exploring_starts: bool = False, policy: np.ndarray | None = None,
+                 seed: int = 0, q_init: float = 0.0):
+        if method not in METHODS:
+            raise UserError(f"unknown tabular method {method!r}; use one of {', '.join(METHODS)}")
+        if episodes < 1 or num_seeds < 1 or max_steps < 1 or n < 1:
+            raise UserError("--episodes, --num-seeds, --max-steps and --n must be >= 1")
+        if alpha is not None and not 0.0 < alpha <= 1.0:
+            raise UserError(f"--alpha must be in (0, 1], got {alpha}")
+        if alpha is None and method not in ("mc", "mc-prediction"):
+            raise UserError(f"{method} needs a step size: give --alpha (e.g. 0.1)")
+        self.method, self.E, self.N = method, int(episodes), int(num_seeds)
+        self.alpha, self.max_steps, self.n = alpha, int(max_steps), int(n)
+        self.first_visit, self.exploring_starts = first_visit, exploring_starts
+        self.rng = np.random.default_rng(seed)
+        self.sim = make_sim(env, self.N, seed)
+        S, A = self.sim.S, self.sim.A
+        self.S, self.A = S, A
+        mdp_gamma = self.sim.mdp.gamma if self.sim.mdp is not None else None
+        self.gamma = float(gamma if gamma is not None else (mdp_gamma if mdp_gamma is not None else 0.99))
+        if not 0.0 <= self.gamma <= 1.0:
+            raise UserError(f"--gamma must be in [0, 1], got {self.gamma}")
+        if exploring_starts and self.sim.mdp is None:
+            raise UserError("exploring starts need an env with a model (any start state); use epsilon-soft MC")
+        self.prediction = method in PREDICTION
+        if self.prediction:
+            if policy is None:
+                policy = np.full((S, A), 1.0 / A)            # default: the uniform random policy
+            policy = np.asarray(policy, dtype=np.float64)
+            if policy.ndim == 1:                              # deterministic int [S] -> one-hot [S, A]
+                policy = np.eye(A)[policy.astype(np.int64)]
+            if policy.shape != (S, A) or not np.allclose(policy.sum(-1), 1.0):
+                raise UserError(f"policy must be [S={S}, A={A}] probabilities (rows summing to 1) or int [S]")
+            self.policy = policy
+        schedule = schedule if schedule is not None else ex.ConstantSchedule(0.1)
+        self.eps_table = np.zeros(self.E) if self.prediction else np.asarray(schedule(np.arange(self.E)), float)
+        # the learner's state (everything that a checkpoint must hold)
+        self.Q = np.full((self.N, S, A), float(q_init))
+        self.V = np.zeros((self.N, S))
+        self.returns = np.zeros((self.N, self.E))
+        self.lengths = np.zeros((self.N, self.E), dtype=np.int64)
+        self.ep = np.zeros(self.N, dtype=np.int64)
+        self.t = np.zeros(self.N, dtype=np.int64)
+        self.G = np.zeros(self.N)
+        self.steps = 0
+        self.ar = np.arange(self.N)
+        self._init_episode_state()
+
+    # -- shared pieces -----------------------------------------------------------------------------
+    def _eps(self, ep):
+        return self.eps_table[np.minimum(ep, self.E - 1)]
+
+    def _act(self, s, ep, idx=None):
+        """Behaviour action for seeds ``idx`` (default all) in states ``s``: epsilon-greedy on Q (control)
+        or a ~ pi(.|s) (prediction)."""
+        if self.prediction:
+            return ex.sample_categorical(self.policy[s], self.rng.random(len(s)))
+        return ex.epsilon_greedy(self.Q[self.ar if idx is None else idx, s], self._eps(ep), self.rng)
+
+    def _reset(self, idx):
+        return self.sim.reset(idx, self.rng.random(len(idx)))
+
+    def _init_episode_state(self):
+        N = self.N
+        self.s = self._reset(self.ar)
+        if self.method in ("sarsa", "nstep-sarsa", "nstep-td"):
+            self.a = self._act(self.s, self.ep)
+        if self.method in ("nstep-sarsa", "nstep-td"):
+            L = self.n + 1                                    # circular buffers of the last n+1 steps
+            self.bS = np.zeros((N, L), dtype=np.int64)
+            self.bA = np.zeros((N, L), dtype=np.int64)
+            self.bR = np.zeros((N, L))
+            self.bS[:, 0], self.bA[:, 0] = self.s, self.a
+            self.T = np.full(N, np.iinfo(np.int64).max)       # episode end time (inf until it ends)
+            self.trunc = np.zeros(N, dtype=bool)
+        if self.method in ("mc", "mc-prediction"):
+            M = self.max_steps
+            self.bS = np.zeros((N, M + 1), dtype=np.int64)
+            self.bA = np.zeros((N, M + 1), dtype=np.int64)
+            self.bR = np.zeros((N, M))
+            self.first = np.zeros((N, M), dtype=bool)
+            self.seen = np.zeros((N, self.S, self.A), dtype=bool)
+            self.done = np.zeros(N, dtype=bool)
+            self.trunc = np.zeros(N, dtype=bool)
+            self.count = np.zeros((N, self.S, self.A))        # N(s, a) visits for sample averages
+            if self.exploring_starts:
+                self._exploring_start(self.ar)
+
+    def _exploring_start(self, idx):
+        """S&B 5.3 exploring starts: S0 uniform over non-terminal states (and A0 uniform, drawn in _mc_step)."""
+        u = self.rng.random(len(idx))
+        nonterm = np.flatnonzero(~self.sim.terminal)
+        self.s[idx] = nonterm[np.minimum((u * len(nonterm)).astype(np.int64), len(nonterm) - 1)]
+
+    def _finish(self, idx):
+        """Record the episode of seeds ``idx`` and start their next one."""
+        e = self.ep[idx]
+        self.returns[idx, e] = self.G[idx]
+        self.lengths[idx, e] = self.t[idx]
+        self.ep[idx] += 1
+        self.G[idx] = 0.0
+        self.t[idx] = 0
+
+    # -- one env step of the one-step methods --------------------------------------------------------
+    def _td_step(self):
+        ar, s, ep, g, m = self.ar, self.s, self.ep, self.gamma, self.method
+        live = ep < self.E                                    # seeds still learning
+        a = self.a if m == "sarsa" else self._act(s, ep)
+        s2, r, term, etrunc = self.sim.step(s, a, self.rng.random(self.N))
+        self.steps += int(live.sum())
+        self.t += live
+        self.G += r * live
+        ended = live & (term | (self.t >= self.max_steps) | (etrunc if etrunc is not None else False))
+        not_term = ~term
+        if m == "td0":
+            target = r + g * self.V[ar, s2] * not_term       # TD target r + gamma*V(s')      (S&B eq. 6.2)
+            self.V[ar, s] += self.alpha * (target - self.V[ar, s]) * live   # V(s) += alpha*(target - V(s))
+        else:
+            q2 = self.Q[ar, s2]                               # [N, A] Q(s', .)
+            if m == "q-learning":
+                boot = q2.max(-1)                             # max_a' Q(s', a')
+            elif m == "expected-sarsa":
+                boot = (ex.epsilon_greedy_probs(q2, self._eps(ep)) * q2).sum(-1)  # sum_a' pi(a'|s') Q(s', a')
+            else:                                             # sarsa: A' ~ eps-greedy(Q(S', .)), chosen first
+                a2 = ex.epsilon_greedy(q2, self._eps(ep), self.rng)
+                boot = np.where(ended, (ex.epsilon_greedy_probs(q2, self._eps(ep)) * q2).sum(-1),
+                                q2[ar, a2])                   # Q(S', A'); at a time limit its expectation
+            target = r + g * boot * not_term                  # terminal: no bootstrap; truncation: bootstrap
+            # Q-learning: Q(s,a) += alpha*(r + gamma*max_a' Q(s',a') - Q(s,a))          (S&B eq. 6.8)
+            # SARSA:      Q(s,a) += alpha*(r + gamma*Q(s',a') - Q(s,a))                 (S&B eq. 6.7)
+            # Exp. SARSA: Q(s,a) += alpha*(r + gamma*sum_a' pi(a'|s')Q(s',a') - Q(s,a)) (S&B eq. 6.9)
+            self.Q[ar, s, a] += self.alpha * (target - self.Q[ar, s, a]) * live
+        s_next = s2
+        if ended.any():
+            idx = np.flatnonzero(ended)
+            self._finish(idx)
+            s_next = s2.copy()
+            s_next[idx] = self._reset(idx)
+        self.s = s_next
+        if m == "sarsa":
+            if ended.any():
+                a2 = a2.copy()
+                a2[idx] = self._act(s_next[idx], self.ep[idx], idx)
+            self.a = a2
+
+    # -- one iteration of n-step TD / n-step SARSA (S&B sec. 7.1-7.2) --------------------------------
+    def _nstep_step(self):
+        ar, n, g, L = self.ar, self.n, self.gamma, self.n + 1
+        live = self.ep < self.E
+        t, T = self.t, self.T
+        stepping = live & (t < T)                             # "if t < T: take A_t, observe R_{t+1}, S_{t+1}"
+        cur = t % L
+        s, a = self.bS[ar, cur], self.bA[ar, cur]
+        s2, r, term, etrunc = self.sim.step(s, a, self.rng.random(self.N))
+        a2 = self._act(s2, self.ep)                           # A_{t+1} ~ pi(.|S_{t+1}) (used unless S_{t+1} terminal)
+        nxt = (t + 1) % L
+        stepping_idx = np.flatnonzero(stepping)
+        self.bR[stepping_idx, nxt[stepping_idx]] = r[stepping_idx]
+        self.bS[stepping_idx, nxt[stepping_idx]] = s2[stepping_idx]
+        self.bA[stepping_idx, nxt[stepping_idx]] = a2[stepping_idx]
+        self.G += r * stepping
+        self.steps += int(stepping.sum())
+        limit = (t + 1 >= self.max_steps) | (etrunc if etrunc is not None else False)
+        ends = stepping & (term | limit)
+        self.T = np.where(ends, t + 1, T)                     # T <- t + 1
+        self.trunc = np.where(ends, ~term & limit, self.trunc)
+        T = self.T
+        tau = t - n + 1                                       # the time whose estimate is updated
+        upd = live & (tau >= 0)
+        if upd.any():
+            G = np.zeros(self.N)
+            for k in range(n):                                # G = sum_{i=tau+1}^{min(tau+n,T)} gamma^{i-tau-1} R_i
+                i = tau + 1 + k
+                G += (g ** k) * self.bR[ar, i % L] * (i <= T)
+            j = np.minimum(tau + n, T)                        # bootstrap time: tau+n, or T on truncation
+            boot_ok = (tau + n < T) | self.trunc
+            sj, aj = self.bS[ar, j % L], self.bA[ar, j % L]
+            vj = self.V[ar, sj] if self.prediction else self.Q[ar, sj, aj]
+            G += np.where(boot_ok, g ** (j - tau) * vj, 0.0)  # + gamma^n Q(S_{tau+n}, A_{tau+n})  (S&B eq. 7.4)
+            st, at = self.bS[ar, tau % L], self.bA[ar, tau % L]
+            if self.prediction:
+                self.V[ar, st] += self.alpha * (G - self.V[ar, st]) * upd        # S&B eq. 7.2
+            else:
+                self.Q[ar, st, at] += self.alpha * (G - self.Q[ar, st, at]) * upd  # S&B eq. 7.5
+        self.t = t + live
+        done = live & (tau == T - 1)                          # "until tau = T - 1"
+        if done.any():
+            idx = np.flatnonzero(done)
+            self.t[idx] = self.T[idx]                         # episode length for the record
+            self._finish(idx)
+            s0 = self._reset(idx)
+            a0 = self._act(s0, self.ep[idx], idx)
+            self.bS[idx, 0], self.bA[idx, 0] = s0, a0
+            self.T[idx] = np.iinfo(np.int64).max
+            self.trunc[idx] = False
+
+    # -- Monte Carlo: seeds play episode e in lock-step, then learn backwards (S&B sec. 5.1-5.4) ------
+    def _mc_step(self):
+        ar, live = self.ar, (self.ep < self.E) & ~self.done
+        s, t = self.s, self.t
+        if self.prediction:
+            a = ex.sample_categorical(self.policy[s], self.rng.random(self.N))
+        else:
+            a = ex.epsilon_greedy(self.Q[ar, s], 0.0 if self.exploring_starts else self._eps(self.ep), self.rng)
+            if self.exploring_starts:
+                u = self.rng.random(self.N)                   # A0 uniform at an exploring start
+                a = np.where(t == 0, np.minimum((u * self.A).astype(np.int64), self.A - 1), a)
+        s2, r, term, etrunc = self.sim.step(s, a, self.rng.random(self.N))
+        li = np.flatnonzero(live)
+        tl = t[li]
+        self.bS[li, tl], self.bA[li, tl], self.bR[li, tl] = s[li], a[li], r[li]
+        self.first[li, tl] = ~self.seen[li, s[li], a[li]]    # first visit of (s, a) in this episode?
+        self.seen[li, s[li], a[li]] = True
+        self.bS[li, tl + 1] = s2[li]
+        self.G[li] += r[li]
+        self.steps += len(li)
+        self.t[li] += 1
+        self.s = np.where(live, s2, s)
+        limit = (self.t >= self.max_steps) | (etrunc if etrunc is not None else False)
+        ended = live & (term | limit)
+        self.done |= ended
+        self.trunc |= ended & ~term
+        if np.all(self.done | (self.ep >= self.E)):
+            self._mc_learn()
+
+    def _mc_learn(self):
+        ar, g = self.ar, self.gamma
+        learn = self.ep < self.E
+        T = self.t.copy()
+        sT = self.bS[ar, T]
+        if self.prediction:                                   # truncated: G starts from V(S_T), else 0
+            G = np.where(self.trunc, self.V[ar, sT], 0.0)
+        else:                                                 # ... or from sum_a pi(a|S_T) Q(S_T, a)
+            qT = self.Q[ar, sT]
+            pi = ex.epsilon_greedy_probs(qT, 0.0 if self.exploring_starts else self._eps(self.ep))
+            G = np.where(self.trunc, (pi * qT).sum(-1), 0.0)
+        for t in range(int(T[learn].max(initial=0)) - 1, -1, -1):
+            m = learn & (t < T)
+            G = np.where(m, g * G + self.bR[:, t], G)         # G <- gamma*G + R_{t+1}   (S&B sec. 5.1 backward)
+            if self.first_visit:
+                m = m & self.first[:, t]                      # first-visit: only the first occurrence
+            st, at = self.bS[:, t], self.bA[:, t]
+            if self.prediction:
+                self.count[ar, st, 0] += m
+                step = self.alpha if self.alpha is not None else 1.0 / np.maximum(self.count[ar, st, 0], 1)
+                self.V[ar, st] += step * (G - self.V[ar, st]) * m        # V(s) += (G - V(s)) / N(s)  (S&B 5.1)
+            else:
+                self.count[ar, st, at] += m
+                step = self.alpha if self.alpha is not None else 1.0 / np.maximum(self.count[ar, st, at], 1)
+                self.Q[ar, st, at] += step * (G - self.Q[ar, st, at]) * m  # Q(s,a) <- average of returns (S&B 5.3/5.4)
+        idx = np.flatnonzero(learn)
+        self._finish(idx)
+        self.s[idx] = self._reset(idx)
+        self.seen[:] = False
+        self.done[:] = False
+        self.trunc[:] = False
+        if self.exploring_starts:
+            self._exploring_start(idx)
+
+    # -- driving -----------------------------------------------------------------------------------
+    @property
+    def progress(self) -> int:
+        """Episodes completed by every seed."""
+        return int(self.ep.min())
+
+    def run(self, until: int | None = None, callback: Callable[[int], None] | None = None) -> Learner:
+        """Advance until every seed has completed ``until`` episodes (default: all); ``callback(progress)``
+        is called each time the progress counter increases."""
+        until = self.E if until is None else min(int(until), self.E)
+        step = {"td0": self._td_step, "q-learning": self._td_step, "sarsa": self._td_step,
+                "expected-sarsa": self._td_step, "nstep-sarsa": self._nstep_step,
+                "nstep-td": self._nstep_step, "mc": self._mc_step, "mc-prediction": self._mc_step}[self.method]
+        last = self.progress
+        while self.progress < until:
+            step()
+            p = self.progress
+            if p > last:
+                last = p
+                if callback is not None:
+                    callback(p)
+        return self
+
+    def result(self) -> LearnResult:
+        """The tables and curves so far."""
+        return LearnResult(None if self.prediction else self.Q.copy(), self.V.copy() if self.prediction else None,
+                           self.returns.copy(), self.lengths.copy(), self.eps_table.copy(), int(self.steps))
+
+    _STATE = ("Q", "V", "returns", "lengths", "ep", "t", "G", "s", "a", "bS", "bA", "bR", "T", "trunc",
+              "first", "seen", "done", "count")
+
+    def state_dict(self) -> dict:
+        """Every array of the learner's state plus the generator state (ints as strings; no pickle)."""
+        d = {k: getattr(self, k).copy() for k in self._STATE if hasattr(self, k)}
+        st = self.rng.bit_generator.state
+        d["rng"] = {"bit_generator": st["bit_generator"], "state": str(st["state"]["state"]),
+                    "inc": str(st["state"]["inc"]), "has_uint32": int(st["has_uint32"]),
+                    "uinteger": int(st["uinteger"])}
+        d["steps"] = int(self.steps)
+        if isinstance(self.sim, GymSim):
+            d["gym_started"] = self.sim.started.copy()
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore a :meth:`state_dict` (model-free gym envs restart their current episode's env state)."""
+        for k in self._STATE:
+            if k in d:
+                setattr(self, k, np.array(d[k]))
+        r = d["rng"]
+        self.rng.bit_generator.state = {"bit_generator": r["bit_generator"],
+                                        "state": {"state": int(r["state"]), "inc": int(r["inc"])},
+                                        "has_uint32": int(r["has_uint32"]), "uinteger": int(r["uinteger"])}
+        self.steps = int(d["steps"])
+
+
+# ------------------------------------------------------------------------------------------ functions
+def _learn(method, env, episodes, **kw) -> LearnResult:
+    return Learner(method, env, episodes=episodes, **kw).run().result()
+
+
+def q_learning(env, episodes: int, **kw) -> LearnResult:
+    """Off-policy TD control: Q(s,a) += alpha*(r + gamma*max_a' Q(s',a') - Q(s,a)) (S&B eq. 6.8).
+
+    Keywords (all methods): num_seeds, alpha, gamma (None: the env's), schedule (an epsilon schedule over
+    episodes), max_steps, seed, q_init.
+    """
+    return _learn("q-learning", env, episodes, **kw)
+
+
+def sarsa(env, episodes: int, **kw) -> LearnResult:
+    """On-policy TD control: Q(s,a) += alpha*(r + gamma*Q(s',a') - Q(s,a)) (S&B eq. 6.7)."""
+    return _learn("sarsa", env, episodes, **kw)
+
+
+def expected_sarsa(env, episodes: int, **kw) -> LearnResult:
+    """Expected SARSA: target r + gamma*sum_a' pi(a'|s') Q(s',a') (S&B eq. 6.9)."""
+    return _learn("expected-sarsa", env, episodes, **kw)
+
+
+def nstep_sarsa(env, episodes: int, n: int = 3, **kw) -> LearnResult:
+    """n-step SARSA (S&B sec. 7.2, eq. 7.4-7.5)."""
+    return _learn("nstep-sarsa", env, episodes, n=n, **kw)
+
+
+def td0_prediction(env, policy, episodes: int, **kw) -> LearnResult:
+    """TD(0) prediction of V^pi: V(s) += alpha*(r + gamma*V(s') - V(s)) (S&B eq. 6.2)."""
+    return _learn("td0", env, episodes, policy=policy, **kw)
+
+
+def nstep_td_prediction(env, policy, episodes: int, n: int = 3, **kw) -> LearnResult:
+    """n-step TD prediction of V^pi (S&B sec. 7.1, eq. 7.1-7.2)."""
+    return _learn("nstep-td", env, episodes, policy=policy, n=n, **kw)
+
+
+def mc_prediction(env, policy, episodes: int, first_visit: bool = True, **kw) -> LearnResult:
+    """First- or every-visit Monte Carlo prediction of V^pi (S&B sec. 5.1); alpha=None: sample averages."""
+    kw.setdefault("alpha", None)
+    return _learn("mc-prediction", env, episodes, policy=policy, first_visit=first_visit, **kw)
+
+
+def mc_control(env, episodes: int, first_visit: bool = True, exploring_starts: bool = False,
+               **kw) -> LearnResult:
+    """On-policy MC control: epsilon-soft (S&B sec. 5.4) or exploring starts with greedy policy (S&B sec. 5.3)."""
+    kw.setdefault("alpha", None)
+    return _learn("mc", env, episodes, first_visit=first_visit, exploring_starts=exploring_starts, **kw)
