@@ -27,8 +27,17 @@ import torch.nn.functional as F
 from mlcanon.errors import UserError
 
 __all__ = [
-    "conv_output_size", "conv2d", "conv1d", "conv1x1", "conv2d_input_grad", "conv2d_weight_grad",
-    "conv2d_bias_grad", "conv_transpose2d", "max_pool2d", "avg_pool2d", "subsample2d",
+    "avg_pool2d",
+    "conv1d",
+    "conv1x1",
+    "conv2d",
+    "conv2d_bias_grad",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "conv_output_size",
+    "conv_transpose2d",
+    "max_pool2d",
+    "subsample2d",
 ]
 
 
@@ -115,7 +124,7 @@ def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     Output size: (H-1)*s - 2p + d(k-1) + output_padding + 1.
     """
     N, C, H, W = x.shape
-    Ci, O, kh, kw = weight.shape
+    Ci, _O, kh, kw = weight.shape
     if C != Ci:
         raise UserError(f"conv_transpose2d: input has {C} channels, weight expects {Ci}")
     s, p, d = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
@@ -180,7 +189,7 @@ def _pool_patches(x: torch.Tensor, kernel, stride, padding, fill: float) -> tupl
 def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0,
                return_indices: bool = False):
     """y = max over each window; with indices (flat H*W positions, as torch) for max unpooling."""
-    N, C, H, W = x.shape
+    _N, _C, _H, W = x.shape
     cols, Ho, Wo = _pool_patches(x, kernel_size, stride, padding, float("-inf"))
     y, arg = cols.max(dim=2)  # y[n,c,i,j] = max_{u,v} x[n,c,s*i+u,s*j+v]; gradient flows only to the argmax
     if not return_indices:

@@ -10,14 +10,15 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import itertools
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from mlcanon.errors import UserError
 
-__all__ = ["Perceptron", "MLP", "count_linear_regions", "relu_kinks"]
+__all__ = ["MLP", "Perceptron", "count_linear_regions", "relu_kinks"]
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "silu": nn.SiLU,
@@ -51,7 +52,7 @@ class Perceptron:
 
         Returns ``{"converged": bool, "epochs": int, "updates": int}``.
         """
-        N, D = x.shape
+        N, _D = x.shape
         if y.shape != (N,):
             raise UserError(f"Perceptron.fit: y must have shape [{N}], got {list(y.shape)}")
         if not torch.all((y == 0) | (y == 1)):
@@ -84,7 +85,7 @@ class MLP(nn.Module):
         if any(s < 1 for s in sizes):
             raise UserError(f"MLP: every layer size must be >= 1, got {sizes}")
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(a, b))  # W_l h_l + b_l
             if i < len(sizes) - 2:
                 layers.append(activation(act))  # sigma(.)

@@ -18,14 +18,14 @@ into ours and gives the same outputs (DESIGN.md section 5).
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from mlcanon.errors import UserError
 
-__all__ = ["ElmanRNN", "LSTMCell", "LSTM", "clip_grad_norm", "elman_bptt"]
+__all__ = ["LSTM", "ElmanRNN", "LSTMCell", "clip_grad_norm", "elman_bptt"]
 
 
 def _uniform_(params: Iterable[torch.Tensor], hidden: int) -> None:
@@ -85,7 +85,7 @@ def elman_bptt(x: torch.Tensor, h0: torch.Tensor, W_ih: torch.Tensor, W_hh: torc
     x [B, T, D], h0 [B, H], grad_h [B, T, H] = dL/dh_t from the loss directly. Returns dL/dW_ih, dL/dW_hh,
     dL/db, dL/dh0 and dL/dx.
     """
-    B, T, D = x.shape
+    _B, T, _D = x.shape
     hs = [h0]
     for t in range(T):
         hs.append(torch.tanh(x[:, t] @ W_ih.T + hs[-1] @ W_hh.T + b))  # forward pass, keep h_t

@@ -22,7 +22,7 @@ from torch import nn
 
 from mlcanon.errors import UserError
 
-__all__ = ["BatchNorm2d", "ResidualBlock", "ResNet", "deep_conv_net"]
+__all__ = ["BatchNorm2d", "ResNet", "ResidualBlock", "deep_conv_net"]
 
 
 class BatchNorm2d(nn.Module):

@@ -98,7 +98,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None) -> torch.Tensor:
         """[N, C_in, H, W] (+ times [N], + cond [N, cond_dim]) -> [N, C_out, H, W]."""
-        N, C, H, W = x.shape
+        N, _C, H, W = x.shape
         k = 2 ** self.depth
         if H % k or W % k:
             raise UserError(f"UNet of depth {self.depth} needs H and W divisible by {k}; got {H}x{W} "

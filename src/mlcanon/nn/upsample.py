@@ -16,7 +16,7 @@ from torch import nn
 from mlcanon.errors import UserError
 from mlcanon.nn.conv import conv_transpose2d
 
-__all__ = ["upsample_nearest", "upsample_bilinear", "bed_of_nails", "max_unpool2d", "Upsample"]
+__all__ = ["Upsample", "bed_of_nails", "max_unpool2d", "upsample_bilinear", "upsample_nearest"]
 
 
 def _check_factor(scale: int) -> None:
