@@ -57,9 +57,72 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, config) -> nn.Module:
     return SimpleCNN(input_shape[0], num_classes, max(8, config.width // 4), depth, config.dropout)
 
 
+def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise UserError(f"--model {name} needs image inputs [C, H, W]; this data set has shape {input_shape}")
+    return input_shape  # type: ignore[return-value]
+
+
+def resnet(input_shape: tuple[int, ...], num_classes: int, config) -> nn.Module:
+    """Small ResNet (mlcanon.nn.ResNet): ``depth`` stages of 2 residual blocks, ``width // 8`` (min 16)
+    channels in the first stage, doubling per stage, global average pool, dropout, linear head."""
+    from mlcanon.nn.resnet import ResNet
+
+    C, _, _ = _image_shape("resnet", input_shape)
+    return ResNet(C, num_classes, width=max(16, config.width // 8), stages=config.depth, blocks_per_stage=2,
+                  dropout=config.dropout)
+
+
+def vit(input_shape: tuple[int, ...], num_classes: int, config) -> nn.Module:
+    """Vision transformer (mlcanon.nn.ViT): patch 4 for images >= 16 px (7x7 patches on 28x28), else 2
+    (4x4 on 8x8); model dim ``width``, ``depth`` encoder blocks, 4 heads, MLP ratio 2."""
+    from mlcanon.nn.attention import ViT
+
+    C, H, W = _image_shape("vit", input_shape)
+    patch = 4 if min(H, W) >= 16 and H % 4 == 0 and W % 4 == 0 else 2
+    if H % patch or W % patch:
+        raise UserError(f"--model vit: image {H}x{W} is not divisible into {patch}x{patch} patches")
+    heads = 4
+    if config.width % heads:
+        raise UserError(f"--model vit: --width {config.width} must be divisible by {heads} (attention heads)")
+    return ViT((H, W), patch, C, num_classes, d_model=config.width, depth=config.depth, n_heads=heads,
+               mlp_ratio=2.0, dropout=config.dropout)
+
+
+class RowLSTM(nn.Module):
+    """Reads an image row by row (sequence length H, input size C*W) with mlcanon.nn.LSTM; last h_T -> linear."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, hidden: int, layers: int,
+                 dropout: float):
+        super().__init__()
+        from mlcanon.nn.recurrent import LSTM
+
+        C, _, W = input_shape
+        self.lstm = LSTM(C * W, hidden, num_layers=layers, batch_first=True, forget_bias=1.0, dropout=dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> logits [B, num_classes]."""
+        B, C, H, W = x.shape
+        seq = x.permute(0, 2, 1, 3).reshape(B, H, C * W)  # row t = x[:, :, t, :] flattened
+        _, (h, _) = self.lstm(seq)
+        return self.head(self.dropout(h[-1]))  # logits = W h_T + b
+
+
+def lstm(input_shape: tuple[int, ...], num_classes: int, config) -> nn.Module:
+    """Row-by-row LSTM classifier: ``width`` hidden units, ``depth`` stacked layers."""
+    shape = _image_shape("lstm", input_shape)
+    return RowLSTM(shape, num_classes, hidden=config.width, layers=config.depth,
+                   dropout=config.dropout)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "cnn": cnn,
+    "resnet": resnet,
+    "vit": vit,
+    "lstm": lstm,
 }
 
 
