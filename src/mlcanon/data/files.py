@@ -123,7 +123,7 @@ def _download(url: str, dest_dir: Path, filename: str, checksum: str | None,
     Raises OSError/HTTPException for network trouble and UserError for a failed verification; in both
     cases the temporary file is deleted.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=dest_dir)
     tmp = Path(tmp_name)
@@ -156,12 +156,12 @@ def _download(url: str, dest_dir: Path, filename: str, checksum: str | None,
 
 
 def fetch(name: str, filename: str, data_dir=None, checksum: str | None = None,
-          check: Callable[[Path], None] | None = None) -> Path:
+          check: Callable[[Path], None] | None = None, missing: list[str] | None = None) -> Path:
     """Path of ``<name>/<filename>``: found in any searched folder, else downloaded from the mirrors.
 
     ``checksum`` (``"md5:<hex>"`` or ``"sha256:<hex>"``) is verified on download and on files found on
     disk; ``check(path)`` is an extra verification run on a download before it is renamed into place
-    (it raises UserError on failure).
+    (it raises UserError on failure). ``missing`` lists every file of the set still absent, for the message.
     """
     found = find_file(name, filename, data_dir)
     if found is not None:
@@ -170,11 +170,13 @@ def fetch(name: str, filename: str, data_dir=None, checksum: str | None = None,
         return found
     dirs = data_dirs(data_dir)
     searched = ", ".join(str(d / name) for d in dirs)
-    how = ("Put the file there yourself, or point the library at a folder holding "
-           f"{name}/{filename}: pass --data-dir DIR (Python: data_dir=DIR) or set MLCANON_DATA=DIR.")
+    names = missing if missing else [filename]
+    what = f"file{'s' if len(names) > 1 else ''} {', '.join(names)}"
+    how = (f"Put the {what.split(' ')[0]} there yourself, or point the library at a folder DIR holding "
+           f"{name}/<files>: pass --data-dir DIR (Python: data_dir=DIR) or set MLCANON_DATA=DIR.")
     dest = _writable_dir(dirs, name)
     if dest is None:
-        raise UserError(f"{name}: file {filename} not found in {searched}, and none of these folders is "
+        raise UserError(f"{name}: {what} not found in {searched}, and none of these folders is "
                         f"writable for a download. {how}")
     errors: list[str] = []
     for base in mirrors(name):
@@ -187,5 +189,11 @@ def fetch(name: str, filename: str, data_dir=None, checksum: str | None = None,
             reason = e.reason if isinstance(e, urllib.error.URLError) else e
             errors.append(f"{url}: {reason}")
     tried = "; ".join(errors) if errors else f"no mirror is known for {name!r}"
-    raise UserError(f"{name}: file {filename} not found in {searched}, and the download failed ({tried}). "
-                    f"{how}")
+    raise UserError(f"{name}: {what} not found in {searched}, and the download of {filename} failed "
+                    f"({tried}). {how}")
+
+
+def fetch_all(name: str, checksums: dict[str, str | None], data_dir=None) -> dict[str, Path]:
+    """:func:`fetch` each file of ``checksums`` (file name -> checksum); an error names all missing files."""
+    missing = [f for f in checksums if find_file(name, f, data_dir) is None]
+    return {f: fetch(name, f, data_dir, checksum=c, missing=missing) for f, c in checksums.items()}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mlcanon.data.base import ArrayDataset, carve, check_fraction, check_split, reject_options
-from mlcanon.data.files import fetch, find_file
+from mlcanon.data.files import fetch, fetch_all, find_file
 from mlcanon.errors import UserError
 
 # Official file names and md5 sums (the well-known ones, as torchvision lists them).
@@ -104,8 +104,9 @@ def load_mnist_like(name: str, split: str, data_dir=None, val_fraction: float = 
     files = CHECKSUMS[name]
     prefix = "t10k" if split == "test" else "train"
     img_file, lab_file = f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
-    images = read_idx_gz(fetch(name, img_file, data_dir, checksum=files[img_file]), 3)
-    labels = read_idx_gz(fetch(name, lab_file, data_dir, checksum=files[lab_file]), 1)
+    paths = fetch_all(name, {img_file: files[img_file], lab_file: files[lab_file]}, data_dir)
+    images = read_idx_gz(paths[img_file], 3)
+    labels = read_idx_gz(paths[lab_file], 1)
     if len(images) != len(labels):
         raise UserError(f"{name}: {img_file} has {len(images)} images but {lab_file} {len(labels)} labels")
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)  # [N, 1, 28, 28] in [0, 1]
