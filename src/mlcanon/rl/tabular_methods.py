@@ -138,24 +138,26 @@ def policy_value(mdp: MDP, policy: np.ndarray, horizon: int, gamma: float | None
     """Expected return of deterministic policies ``policy`` [N, S] within ``horizon`` steps -> V [N, S].
 
     V_{k+1}(s) = R(s, pi(s)) + gamma * sum_s' P(s'|s, pi(s)) V_k(s'), V_0 = 0, terminal states 0 (finite-horizon
-    Bellman expectation backup, S&B eq. 4.5); finite even for improper policies at gamma = 1.
+    Bellman expectation backup, S&B eq. 4.5); finite even for improper policies at gamma = 1. Uses the MDP's
+    successor tables, so it costs O(N S K) per backup (K successors per state-action).
     """
     gamma = mdp.gamma if gamma is None else gamma
-    policy = np.atleast_2d(policy)
+    policy = np.atleast_2d(np.asarray(policy, dtype=np.int64))
     N, S = policy.shape
-    P = mdp.dense_P()
-    alive = (~np.asarray(mdp.terminal, dtype=bool)).astype(np.float64)
-    out = np.empty((N, S))
-    chunk = max(1, int(2e7 // (S * S)))                     # keep P_pi [chunk, S, S] under ~160 MB
-    for lo in range(0, N, chunk):
-        pi = policy[lo:lo + chunk]
-        Ppi = P[np.arange(S)[None, :], pi]                   # [n, S, S']  P(s'|s, pi(s))
-        Rpi = mdp.R[np.arange(S)[None, :], pi] * alive       # [n, S]      R(s, pi(s)), 0 at terminals
-        V = np.zeros_like(Rpi)
-        for _ in range(int(horizon)):
-            V = Rpi + gamma * alive * np.einsum("nst,nt->ns", Ppi, V)   # S&B eq. 4.5, one backup
-        out[lo:lo + chunk] = V
-    return out
+    nxt, cum = mdp.sampling_tables()
+    prob = np.diff(cum, axis=-1, prepend=0.0)                # P of each successor slot [S, A, K]
+    alive = ~np.asarray(mdp.terminal, dtype=bool)
+    si = np.arange(S)[None, :]
+    Nxt, Pr = nxt[si, policy], prob[si, policy]               # [N, S, K] successors of (s, pi(s))
+    Rpi = mdp.R[si, policy] * alive                           # R(s, pi(s)), 0 at terminal states
+    rows = np.arange(N)[:, None, None]
+    V = np.zeros((N, S))
+    for _ in range(int(horizon)):
+        V_new = Rpi + gamma * alive * (Pr * V[rows, Nxt]).sum(-1)   # S&B eq. 4.5, one backup
+        if np.array_equal(V_new, V):
+            break
+        V = V_new
+    return V
 
 
 # ------------------------------------------------------------------------------------------ results
