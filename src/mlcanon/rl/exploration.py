@@ -81,6 +81,8 @@ def make_schedule(kind: str, eps_max: float, eps_min: float = 0.0, decay: float 
     """
     if kind == "constant":
         return ConstantSchedule(eps_max)
+    if kind not in ("linear", "exp"):
+        raise UserError(f"unknown epsilon schedule {kind!r}; use one of constant, linear, exp")
     if horizon is None and decay is None:
         raise UserError(f"epsilon schedule {kind!r} needs --epsilon-decay (or a number of episodes)")
     half = max(1.0, (horizon or 2) / 2)
