@@ -392,8 +392,9 @@ class Learner:
         li = np.flatnonzero(live)
         tl = t[li]
         self.bS[li, tl], self.bA[li, tl], self.bR[li, tl] = s[li], a[li], r[li]
-        self.first[li, tl] = ~self.seen[li, s[li], a[li]]    # first visit of (s, a) in this episode?
-        self.seen[li, s[li], a[li]] = True
+        ak = np.zeros_like(a[li]) if self.prediction else a[li]   # prediction: visits of s; control: of (s, a)
+        self.first[li, tl] = ~self.seen[li, s[li], ak]       # first visit in this episode?
+        self.seen[li, s[li], ak] = True
         self.bS[li, tl + 1] = s2[li]
         self.G[li] += r[li]
         self.steps += len(li)

@@ -1,0 +1,198 @@
+"""Tabular learners: they reach the DP optimum (judged by the greedy policy's value), predictions converge
+to the DP values, truncation bootstraps, and the vectorized runner equals a per-seed reference loop."""
+
+import numpy as np
+import pytest
+
+from mlcanon.errors import UserError
+from mlcanon.rl import dp
+from mlcanon.rl import exploration as ex
+from mlcanon.rl import tabular_methods as tm
+from mlcanon.rl.envs import mdp_of
+from mlcanon.rl.mdp import MDP
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return mdp_of("mlcanon/GridWorld-v0", gamma=0.9)
+
+
+@pytest.fixture(scope="module")
+def lake():
+    return mdp_of("FrozenLake-v1", gamma=0.95, is_slippery=False)
+
+
+def start_gaps(mdp, Q):
+    """start . (V* - V^pi) for each seed's greedy policy, V^pi by DP policy evaluation."""
+    V_star, _ = dp.value_iteration(mdp)
+    return np.array([mdp.start @ (V_star - dp.policy_evaluation(mdp, pi)) for pi in tm.greedy_policy(Q)])
+
+
+@pytest.mark.parametrize("method", ["q-learning", "sarsa", "expected-sarsa", "nstep-sarsa", "mc"])
+def test_control_reaches_optimal_policy_on_gridworld(grid, method):
+    alpha = None if method == "mc" else 0.3
+    L = tm.Learner(method, grid, episodes=300, num_seeds=10, alpha=alpha, max_steps=100, n=3, seed=0,
+                   schedule=ex.LinearSchedule(1.0, 0.05, 150)).run()
+    gaps = start_gaps(grid, L.Q)
+    assert gaps.mean() < 0.01 and np.median(gaps) < 1e-9, gaps
+
+
+@pytest.mark.parametrize("method", ["q-learning", "sarsa"])
+def test_control_reaches_optimal_policy_on_frozenlake(lake, method):
+    L = tm.Learner(method, lake, episodes=400, num_seeds=10, alpha=0.5, max_steps=100, seed=1,
+                   schedule=ex.LinearSchedule(1.0, 0.05, 200)).run()
+    V_star, _ = dp.value_iteration(lake)
+    gaps = start_gaps(lake, L.Q)
+    assert np.median(gaps) < 1e-9 and gaps.mean() < 0.05 * (lake.start @ V_star), gaps
+
+
+def greedy_path(mdp, pi, shape, limit=100):
+    s = int(np.argmax(mdp.start))
+    rows = []
+    for _ in range(limit):
+        rows.append(s // shape[1])
+        if mdp.terminal[s]:
+            break
+        s = int(np.argmax(mdp.P[s, pi[s]]))                # CliffWalking is deterministic
+    return len(rows) - 1, rows
+
+
+def test_cliffwalking_sarsa_safe_q_learning_optimal():
+    mdp = mdp_of("CliffWalking-v1")
+    kw = {"episodes": 500, "num_seeds": 5, "alpha": 0.5, "max_steps": 300, "seed": 0,
+          "schedule": ex.ConstantSchedule(0.1)}
+    q = tm.Learner("q-learning", mdp, **kw).run()
+    s = tm.Learner("sarsa", mdp, **kw).run()
+    for n in range(5):
+        q_len, q_rows = greedy_path(mdp, tm.greedy_policy(q.Q[n]), (4, 12))
+        s_len, s_rows = greedy_path(mdp, tm.greedy_policy(s.Q[n]), (4, 12))
+        assert q_len == 13 and min(q_rows[1:-1]) == 2      # the optimal path along the cliff edge
+        assert s_len > 13 and min(s_rows) < 2              # SARSA's safe path keeps away from the edge
+        assert mdp.terminal[int(np.argmax(mdp.start)) + 11]  # (the goal is 11 cells right of the start)
+    # ... and online, SARSA earns more than Q-learning (S&B fig. 6.4)
+    assert s.returns[:, -200:].mean() > q.returns[:, -200:].mean()
+
+
+def random_walk():
+    """S&B Example 6.2: states 1..5 between two terminals, +1 on the right exit; V = 1/6, ..., 5/6."""
+    S = 7
+    P = np.zeros((S, 2, S))
+    R = np.zeros((S, 2))
+    for s in range(1, 6):
+        P[s, 0, s - 1] = P[s, 1, s + 1] = 1.0
+    P[0, :, 0] = P[6, :, 6] = 1.0
+    R[5, 1] = 1.0
+    start = np.eye(S)[3]
+    return MDP(P=P, R=R, gamma=1.0, terminal=np.eye(S)[0].astype(bool) | np.eye(S)[6].astype(bool), start=start)
+
+
+@pytest.mark.parametrize("method,kw", [("td0", {"alpha": 0.05}), ("nstep-td", {"alpha": 0.05, "n": 3}),
+                                       ("mc-prediction", {"alpha": None, "first_visit": True}),
+                                       ("mc-prediction", {"alpha": None, "first_visit": False})])
+def test_prediction_converges_to_dp_values(method, kw):
+    mdp = random_walk()
+    pi = np.full((7, 2), 0.5)
+    V_pi = dp.policy_evaluation(mdp, pi)
+    np.testing.assert_allclose(V_pi, np.r_[0, 1, 2, 3, 4, 5, 0] / 6, atol=1e-8)   # the closed form
+    L = tm.Learner(method, mdp, episodes=400, num_seeds=10, max_steps=1000, seed=2, policy=pi, **kw).run()
+    err = np.abs(L.V.mean(0) - V_pi)
+    assert err.max() < 0.04, err
+    assert np.abs(L.V - V_pi).max(1).mean() < 0.12
+
+
+def test_truncation_bootstraps(grid):
+    # one-step episodes from every state: only a bootstrapped target can propagate the goal's value
+    V_star, _ = dp.value_iteration(grid)
+    Q_star = dp.q_from_v(grid, V_star)
+    L = tm.Learner("q-learning", grid, episodes=4000, num_seeds=4, alpha=0.5, max_steps=1, seed=3,
+                   schedule=ex.ConstantSchedule(1.0)).run()
+    live = ~grid.terminal
+    np.testing.assert_allclose(L.Q[:, live], np.broadcast_to(Q_star[live], L.Q[:, live].shape), atol=1e-3)
+
+
+def test_vectorized_equals_per_seed_reference_loop():
+    mdp = mdp_of("mlcanon/GridWorld-v0", gamma=0.9, slip=0.2)
+    N, E, alpha, M, seed = 3, 6, 0.5, 20, 7
+    sched = ex.LinearSchedule(1.0, 0.1, 4)
+    L = tm.Learner("q-learning", mdp, episodes=E, num_seeds=N, alpha=alpha, max_steps=M, seed=seed,
+                   schedule=sched).run()
+    # the reference: plain Python per seed, consuming the same random stream
+    S, A = mdp.R.shape
+    nxt, cum = mdp.sampling_tables()
+    start_cum = np.cumsum(mdp.start)
+    rng = np.random.default_rng(seed)
+    Q = np.zeros((N, S, A))
+    u0 = rng.random(N)
+    s = [int(np.sum(u >= start_cum)) for u in u0]
+    ep, t, G = [0] * N, [0] * N, [0.0] * N
+    returns = np.zeros((N, E))
+    while min(ep) < E:
+        U, us = rng.random((N, A + 2)), rng.random(N)
+        ended = []
+        for n in range(N):
+            eps = sched(min(ep[n], E - 1))
+            q = Q[n, s[n]]
+            if U[n, 0] < eps:
+                a = int(U[n, 1] * A)
+            else:
+                best = np.flatnonzero(q == q.max())
+                a = int(best[np.argmax(U[n, 2 + best])])
+            s2 = int(nxt[s[n], a, int(np.sum(us[n] >= cum[s[n], a]))])
+            if ep[n] < E:
+                r = mdp.R[s[n], a]
+                t[n] += 1
+                G[n] += r
+                target = r + 0.9 * Q[n, s2].max() * (not mdp.terminal[s2])
+                Q[n, s[n], a] += alpha * (target - Q[n, s[n], a])
+                if mdp.terminal[s2] or t[n] >= M:
+                    ended.append(n)
+            s[n] = s2
+        if ended:
+            ur = rng.random(len(ended))
+            for k, n in enumerate(ended):
+                returns[n, ep[n]] = G[n]
+                ep[n] += 1
+                t[n], G[n] = 0, 0.0
+                s[n] = int(np.sum(ur[k] >= start_cum))
+    np.testing.assert_array_equal(L.Q, Q)
+    np.testing.assert_array_equal(L.returns, returns)
+
+
+@pytest.mark.parametrize("method", ["q-learning", "sarsa", "nstep-sarsa", "mc", "td0"])
+def test_same_seed_same_result_and_state_roundtrip(grid, method):
+    kw = {"episodes": 40, "num_seeds": 4, "alpha": 0.2 if method != "mc" else None, "max_steps": 50,
+          "seed": 5, "n": 2, "schedule": ex.ExponentialSchedule(1.0, 0.05, 0.9)}
+    a = tm.Learner(method, grid, **kw).run()
+    b = tm.Learner(method, grid, **kw).run(until=15)
+    c = tm.Learner(method, grid, **kw)
+    c.load_state_dict(b.state_dict())                    # a checkpoint taken mid-run, loaded into a fresh one
+    c.run()
+    for x in (a, c):
+        res = x.result()
+        np.testing.assert_array_equal(res.Q if res.Q is not None else res.V,
+                                      a.Q if method != "td0" else a.V)
+        np.testing.assert_array_equal(res.returns, a.returns)
+    assert not np.array_equal(a.returns, tm.Learner(method, grid, **{**kw, "seed": 6}).run().returns)
+
+
+def test_gym_env_without_model_is_stepped(monkeypatch):
+    from mlcanon.rl import envs
+
+    def no_model(env, *a, **k):
+        raise UserError("no model")
+    monkeypatch.setattr(envs, "mdp_of", no_model)
+    import gymnasium as gym
+    env = gym.make("FrozenLake-v1", is_slippery=False)
+    L = tm.Learner("q-learning", env, episodes=300, num_seeds=1, alpha=0.5, max_steps=100,
+                   seed=0, schedule=ex.LinearSchedule(1.0, 0.05, 150)).run()
+    assert isinstance(L.sim, tm.GymSim)
+    assert L.returns[0, -50:].mean() > 0.8                # random play scores ~0.015
+
+
+def test_bad_input(grid):
+    with pytest.raises(UserError, match="unknown tabular method"):
+        tm.Learner("dqn", grid, episodes=1)
+    with pytest.raises(UserError, match="alpha"):
+        tm.Learner("q-learning", grid, episodes=1, alpha=1.5)
+    with pytest.raises(UserError, match="Discrete"):
+        tm.Learner("q-learning", "CartPole-v1", episodes=1)
