@@ -46,6 +46,10 @@ def test_local_text_file_with_each_tokenizer(tmp_path):
     assert w.tokenizer.vocab[:3] == ["", "[UNK]", "to"]  # "to" is the most frequent word
     words = standardize(w.text).split()  # split edges may cut a word: that one becomes [UNK]
     assert w.tokenizer.decode(w.ids.tolist()).split() == [x if x in w.tokenizer.stoi else "[UNK]" for x in words]
+    ws = D.load(f"text:{f}", "train", tokenizer="word", standardize="lower_and_split_punctuation", block_size=4)
+    assert "," in ws.tokenizer.stoi and "," not in w.tokenizer.stoi
+    with pytest.raises(UserError, match="word tokenizer only"):
+        D.load(f"text:{f}", tokenizer="bpe", standardize="lower")
     b = D.load(f"text:{f}", "test", tokenizer="bpe", vocab_size=300, block_size=8)
     assert b.vocab_size == 300 and b.tokenizer.decode(b.ids.tolist()) == b.text
     # a tokenizer from a checkpoint (its JSON state) gives the same ids

@@ -10,7 +10,7 @@ where labels exist, ``.targets``; plus ``name``, ``split``, ``num_classes``, ``i
 | ``binarized-mnist`` | image [1, 28, 28], 0/1, no labels | official 50k / 10k / 10k | |
 | ``digits`` | image [1, 8, 8] | fixed-seed 70 / 10 / 20 % | ``val_fraction``, ``test_fraction`` |
 | ``toy2d:<set>`` | points [2], no labels | independent draws | ``n``, ``noise``, ``seed`` |
-| ``text:tinyshakespeare``, ``text:<PATH>`` | text windows | 90 / 5 / 5 % by characters | ``tokenizer``, ``vocab_size``, ``block_size``, ``val_fraction``, ``test_fraction`` |
+| ``text:tinyshakespeare``, ``text:<PATH>`` | text windows | 90 / 5 / 5 % by characters | ``tokenizer``, ``vocab_size``, ``block_size``, ``val_fraction``, ``test_fraction``, ``standardize`` |
 
 Files are looked for in ``data_dir``, ``$MLCANON_DATA``, ``~/.cache/mlcanon`` (see :mod:`mlcanon.data.files`).
 Importing this package is light: scikit-learn and matplotlib are imported only when used.
@@ -36,7 +36,7 @@ def load(name: str, split: str = "train", data_dir=None, **options):
     if name.startswith("toy2d:"):
         return toy2d.load_dataset(name.split(":", 1)[1], split, **options)
     if name.startswith("text:") and len(name) > 5:
-        allowed = ("tokenizer", "vocab_size", "block_size", "val_fraction", "test_fraction")
+        allowed = ("tokenizer", "vocab_size", "block_size", "val_fraction", "test_fraction", "standardize")
         reject_options(name, options, allowed)
         return text.load(name.split(":", 1)[1], split, data_dir, **options)
     raise UserError(f"unknown data set {name!r}: use one of {', '.join(NAMES)}")

@@ -27,6 +27,7 @@ from mlcanon.errors import UserError
 
 TINYSHAKESPEARE_SHA256 = "sha256:86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 DEFAULT_BPE_VOCAB = 512
+WORD_STANDARDIZE = "lower_and_strip_punctuation"  # Keras TextVectorization's default
 _fitted: dict[tuple, object] = {}  # (file, size, mtime, kind, vocab_size, fractions) -> tokenizer
 
 
@@ -79,7 +80,8 @@ def _read_text(path: Path) -> str:
         raise UserError(f"{path} is not UTF-8 text ({e}); convert it to UTF-8") from e
 
 
-def _tokenizer(spec, vocab_size, text: str, train_text: str, key: tuple):
+def _tokenizer(spec, vocab_size, text: str, train_text: str, key: tuple,
+               standardize: str | None = WORD_STANDARDIZE):
     """A tokenizer from a name ("char" | "word" | "bpe"), an instance, or a state dict."""
     if isinstance(spec, (CharTokenizer, WordTokenizer, BPETokenizer)):
         if vocab_size is not None:
@@ -91,14 +93,16 @@ def _tokenizer(spec, vocab_size, text: str, train_text: str, key: tuple):
         raise UserError(f"unknown tokenizer {spec!r}: use one of {', '.join(TOKENIZERS)}")
     if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)):
         raise UserError(f"vocab_size must be an int, got {vocab_size!r}")
+    if spec != "word" and standardize != WORD_STANDARDIZE:
+        raise UserError(f"standardize applies to the word tokenizer only, not {spec!r}; drop it")
     if spec == "char" and vocab_size is not None:
         raise UserError("vocab_size does not apply to the char tokenizer (its vocabulary is the text's characters)")
-    cache_key = key + (spec, vocab_size)
+    cache_key = key + (spec, vocab_size, standardize)
     if cache_key not in _fitted:
         if spec == "char":
             tok = CharTokenizer.fit(text)
         elif spec == "word":
-            tok = WordTokenizer.fit(train_text, max_tokens=vocab_size)
+            tok = WordTokenizer.fit(train_text, max_tokens=vocab_size, standardize=standardize)
         else:
             tok = BPETokenizer.train(train_text, DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size)
         _fitted[cache_key] = tok
@@ -106,8 +110,13 @@ def _tokenizer(spec, vocab_size, text: str, train_text: str, key: tuple):
 
 
 def load(source: str, split: str, data_dir=None, tokenizer="char", vocab_size: int | None = None,
-         block_size: int = 128, val_fraction: float = 0.05, test_fraction: float = 0.05) -> TextDataset:
-    """``text:<source>``: ``tinyshakespeare`` (fetched, sha256-checked) or a path to a local text file."""
+         block_size: int = 128, val_fraction: float = 0.05, test_fraction: float = 0.05,
+         standardize: str | None = WORD_STANDARDIZE) -> TextDataset:
+    """``text:<source>``: ``tinyshakespeare`` (fetched, sha256-checked) or a path to a local text file.
+
+    ``vocab_size``: number of ids for ``bpe`` (default 512) or the most for ``word`` (Keras max_tokens);
+    ``standardize``: the word tokenizer's text standardization (see :func:`tokenizers.standardize`).
+    """
     check_split(split)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise UserError(f"block_size must be a positive int, got {block_size!r}")
@@ -127,5 +136,5 @@ def load(source: str, split: str, data_dir=None, tokenizer="char", vocab_size: i
     parts = {"train": text[:a], "valid": text[a:b], "test": text[b:]}
     st = path.stat()
     tok = _tokenizer(tokenizer, vocab_size, text, parts["train"],
-                     (str(path.resolve()), st.st_size, st.st_mtime_ns, v, t))
+                     (str(path.resolve()), st.st_size, st.st_mtime_ns, v, t), standardize)
     return TextDataset(f"text:{source}", split, parts[split], tok, block_size)
