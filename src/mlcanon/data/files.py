@@ -174,6 +174,7 @@ def fetch(name: str, filename: str, data_dir=None, checksum: str | None = None,
     what = f"file{'s' if len(names) > 1 else ''} {', '.join(names)}"
     how = (f"Put the {what.split(' ')[0]} there yourself, or point the library at a folder DIR holding "
            f"{name}/<files>: pass --data-dir DIR (Python: data_dir=DIR) or set MLCANON_DATA=DIR.")
+    existed = {d / name for d in dirs if (d / name).is_dir()}
     dest = _writable_dir(dirs, name)
     if dest is None:
         raise UserError(f"{name}: {what} not found in {searched}, and none of these folders is "
@@ -188,6 +189,8 @@ def fetch(name: str, filename: str, data_dir=None, checksum: str | None = None,
         except (OSError, http.client.HTTPException) as e:  # no network, HTTP error, timeout
             reason = e.reason if isinstance(e, urllib.error.URLError) else e
             errors.append(f"{url}: {reason}")
+    if dest not in existed and not any(dest.iterdir()):
+        dest.rmdir()  # leave no empty folder behind from a failed download
     tried = "; ".join(errors) if errors else f"no mirror is known for {name!r}"
     raise UserError(f"{name}: {what} not found in {searched}, and the download of {filename} failed "
                     f"({tried}). {how}")
