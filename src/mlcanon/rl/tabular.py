@@ -144,9 +144,10 @@ class BanditConfig(CommonConfig):
 
 # ------------------------------------------------------------------------------------------ helpers
 def _mdp(env: str, gamma: float | None):
-    from mlcanon.rl.envs import mdp_of
+    from mlcanon.rl.envs import make, mdp_of
+    obj = make(env)                                                 # unknown ids: a UserError naming them
     try:
-        mdp = mdp_of(env)
+        mdp = mdp_of(obj)
     except UserError:
         return None
     return mdp if gamma is None else mdp.with_gamma(gamma)

@@ -114,8 +114,9 @@ def resolve_env(env) -> tuple[MDP | None, object]:
     if isinstance(env, MDP):
         return env, env
     from mlcanon.rl import envs as envs_mod
+    obj = envs_mod.make(env) if isinstance(env, str) else env      # unknown ids: a UserError naming them
     try:
-        return envs_mod.mdp_of(env), env
+        return envs_mod.mdp_of(obj), env
     except UserError:
         return None, env
 
