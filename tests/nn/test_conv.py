@@ -6,8 +6,17 @@ import torch.nn.functional as F
 
 from mlcanon.errors import UserError
 from mlcanon.nn import (
-    avg_pool2d, conv1d, conv1x1, conv2d, conv2d_bias_grad, conv2d_input_grad, conv2d_weight_grad,
-    conv_output_size, conv_transpose2d, max_pool2d, subsample2d,
+    avg_pool2d,
+    conv1d,
+    conv1x1,
+    conv2d,
+    conv2d_bias_grad,
+    conv2d_input_grad,
+    conv2d_weight_grad,
+    conv_output_size,
+    conv_transpose2d,
+    max_pool2d,
+    subsample2d,
 )
 
 CASES = [  # (H, W, k, stride, padding, dilation)
