@@ -14,6 +14,7 @@ from typing import Callable
 _MODULES = [
     "mlcanon.bench.classifier",
     "mlcanon.bench.tabular",
+    "mlcanon.bench.tabular_learning",
 ]
 
 
