@@ -72,7 +72,8 @@ class GCNConv(nn.Module):
         """x [N, F_in] -> [N, F_out]."""
         N = x.shape[0]
         _check_edges(edge_index, N)
-        ei = add_self_loops(edge_index, N)  # A + I
+        loops = torch.arange(N, device=edge_index.device).repeat(2, 1)
+        ei = torch.cat([edge_index, loops], dim=1)  # A + I, literally (a self-loop already in A counts twice)
         src, dst = ei
         deg = torch.zeros(N, dtype=x.dtype, device=x.device).index_add_(0, dst, torch.ones_like(dst, dtype=x.dtype))
         norm = deg[src].rsqrt() * deg[dst].rsqrt()  # 1 / sqrt(deg_i deg_j)
