@@ -17,7 +17,10 @@ from mlcanon.errors import UserError
 # Modules that register algorithms. One line per file.
 _MODULES: list[str] = [
     "mlcanon.supervised.classifier",
-    "mlcanon.supervised.tasks",
+    "mlcanon.supervised.segmentation",
+    "mlcanon.supervised.graphs",
+    "mlcanon.supervised.seq2seq",
+    "mlcanon.supervised.transfer",
     "mlcanon.rl.tabular",
 ]
 

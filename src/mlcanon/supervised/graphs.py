@@ -1,0 +1,356 @@
+"""Graph convolutional networks: node classification (``gcn-karate``) and graph classification (``gcn-graphs``).
+
+Both use :class:`mlcanon.nn.graph.GNN` with Kipf & Welling's layer H' = relu(D^-1/2 (A + I) D^-1/2 H W).
+
+- ``gcn-karate``: Zachary's karate club (``networkx.karate_club_graph()``, 34 members, label = the
+  ``club`` attribute after the split, "Mr. Hi" = 0 / "Officer" = 1). Semi-supervised as in Kipf & Welling:
+  one-hot node features X = I, only 4 labelled nodes (the two leaders 0 and 33 plus one member of each
+  club, fixed: ``LABELLED``), cross-entropy on those, accuracy reported on the 30 unlabelled nodes.
+  networkx is an optional extra (``pip install 'mlcanon[graph]'``).
+- ``gcn-graphs``: classify randomly generated graphs as cycle / path / star / random tree (nodes shuffled,
+  ``min_nodes``..``max_nodes`` nodes; a node's only feature is its one-hot degree, capped at ``MAX_DEGREE``,
+  the usual input for graphs without attributes), so only the structure tells them apart. Graph readout:
+  mean pooling of node states. Needs only torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlcanon.config import option
+from mlcanon.errors import UserError
+from mlcanon.registry import register
+from mlcanon.runs import Run
+from mlcanon.supervised.fit import evaluate_tensors, fit
+from mlcanon.supervised.tasks import FitConfig, config_of, load_weights, start
+
+CLUBS = ("Mr. Hi", "Officer")
+LABELLED = (0, 1, 32, 33)  # the two leaders (0: Mr. Hi, 33: the officer) and one more member of each club
+GRAPH_CLASSES = ("cycle", "path", "star", "tree")
+MAX_DEGREE = 8  # node feature: one-hot of min(degree, MAX_DEGREE)
+
+
+def _networkx():
+    try:
+        import networkx
+    except ImportError:
+        raise UserError("this needs networkx, an optional extra: pip install 'mlcanon[graph]' "
+                        "(or pip install networkx)") from None
+    return networkx
+
+
+def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    B = y.shape[0]
+    assert logits.shape[0] == B and logits.dim() == 2, (logits.shape, y.shape)
+    return F.cross_entropy(logits, y, reduction="none")  # -log softmax(z)_y per example
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    return {"accuracy": float((logits.argmax(-1) == y).sum())}
+
+
+# ============================================================================================ karate club
+@dataclasses.dataclass
+class KarateConfig(FitConfig):
+    """Semi-supervised node classification on Zachary's karate club with a 2-layer GCN."""
+
+    dataset: str = option("karate", "graph: karate (Zachary's karate club, via networkx)", choices=("karate",))
+    hidden: int = option(16, "GCN hidden units", min=1)
+    layers: int = option(2, "GCN layers", min=1)
+    dropout: float = option(0.5, "dropout on hidden node states", min=0.0, max=0.99)
+    epochs: int = option(200, "full-batch training steps (each epoch is one step over the 4 labelled nodes)",
+                         min=1)
+    batch_size: int = option(4, "labelled nodes per step (4 = full batch)", min=1, max=len(LABELLED))
+    lr: float = option(0.01, "learning rate", min=0.0)
+    weight_decay: float = option(5e-4, "L2 penalty (Kipf & Welling use 5e-4)", min=0.0)
+
+
+def karate_graph() -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(edge_index [2, 2*78] both directions, club labels [34] (0 Mr. Hi, 1 Officer), number of nodes)."""
+    nx = _networkx()
+    G = nx.karate_club_graph()
+    N = G.number_of_nodes()
+    edges = torch.tensor(list(G.edges()), dtype=torch.long).T
+    edge_index = torch.cat([edges, edges.flip(0)], dim=1)  # undirected: j -> i and i -> j
+    y = torch.tensor([CLUBS.index(G.nodes[i]["club"]) for i in range(N)], dtype=torch.long)
+    return edge_index, y, N
+
+
+class NodeClassifier(nn.Module):
+    """A GNN over one fixed graph; ``forward(node_ids [B])`` returns the logits of those nodes [B, K]."""
+
+    def __init__(self, features: torch.Tensor, edge_index: torch.Tensor, hidden: int, num_classes: int,
+                 layers: int, dropout: float):
+        super().__init__()
+        from mlcanon.nn.graph import GNN
+        self.register_buffer("features", features, persistent=False)
+        self.register_buffer("edge_index", edge_index, persistent=False)
+        self.gnn = GNN(features.shape[1], hidden, num_classes, layers, conv="gcn", task="node", dropout=dropout)
+
+    def all_logits(self) -> torch.Tensor:
+        """[N, K] logits for every node (the whole graph is propagated each call)."""
+        return self.gnn(self.features, self.edge_index)
+
+    def forward(self, node_ids: torch.Tensor) -> torch.Tensor:
+        return self.all_logits()[node_ids]
+
+
+def karate_model(config: KarateConfig) -> tuple[NodeClassifier, torch.Tensor]:
+    """(model with X = I as node features, club labels [34])."""
+    edge_index, y, N = karate_graph()
+    model = NodeClassifier(torch.eye(N), edge_index, config.hidden, len(CLUBS), config.layers, config.dropout)
+    return model, y
+
+
+def _karate_metrics(model: NodeClassifier, y: torch.Tensor) -> dict:
+    with torch.no_grad():
+        pred = model.eval().all_logits().argmax(-1).cpu()
+    unl = torch.ones(len(y), dtype=torch.bool)
+    unl[list(LABELLED)] = False
+    return {"accuracy": float((pred[unl] == y[unl]).float().mean()),   # the 30 unlabelled nodes
+            "accuracy_all_nodes": float((pred == y).float().mean()), "pred": pred}
+
+
+@register("gcn-karate", family="supervised", config=KarateConfig,
+          description="GCN node classification on Zachary's karate club from 4 labelled nodes (Kipf & Welling)",
+          evaluate=lambda run_dir, **kw: evaluate_karate(run_dir, **kw),
+          sample=lambda *a, **kw: sample_karate(*a, **kw))
+def train_karate(config: KarateConfig, run: Run | None = None) -> dict:
+    """Train on the 4 labelled nodes; test/accuracy is on the 30 unlabelled ones (no validation set)."""
+    model, y = karate_model(config)
+    run, resume_state, device = start("gcn-karate", config, run)
+    ids = torch.tensor(LABELLED)
+    result = fit(model, train=(ids, y[ids]), val=None, config=config, run=run, device=device, loss_fn=_ce,
+                 metric_fn=_accuracy, resume_state=resume_state)
+    m = _karate_metrics(model, y)
+    run.log(result.step, {"test/accuracy": m["accuracy"], "test/accuracy_all_nodes": m["accuracy_all_nodes"]})
+    out = {"run_dir": str(run.dir), "step": result.step, "test_accuracy": m["accuracy"],
+           "test_accuracy_all_nodes": m["accuracy_all_nodes"], "labelled_nodes": list(LABELLED),
+           "predictions": m["pred"].tolist()}
+    run.write_json("result.json", out)
+    run.close()
+    out["model"] = model
+    return out
+
+
+def _load_karate(run_dir):
+    config = config_of(run_dir, "gcn-karate")
+    model, y = karate_model(config)
+    return load_weights(model, run_dir), y
+
+
+def evaluate_karate(run_dir: str | Path, **_) -> dict:
+    """Accuracy on the unlabelled nodes and on all nodes."""
+    model, y = _load_karate(run_dir)
+    m = _karate_metrics(model, y)
+    return {"test/accuracy": m["accuracy"], "test/accuracy_all_nodes": m["accuracy_all_nodes"]}
+
+
+def sample_karate(run_dir: str | Path, n: int = 0, out: str | Path | None = None, **_) -> Path:
+    """PNG of the club graph coloured by predicted club; squares = labelled nodes, red rim = wrong."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    nx = _networkx()
+    model, y = _load_karate(run_dir)
+    pred = _karate_metrics(model, y)["pred"]
+    G = nx.karate_club_graph()
+    pos = nx.spring_layout(G, seed=0)
+    colours = ["tab:orange" if int(p) == 0 else "tab:purple" for p in pred]
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    nx.draw_networkx_edges(G, pos, ax=ax, alpha=0.3)
+    for shape, nodes in (("o", [i for i in G if i not in LABELLED]), ("s", list(LABELLED))):
+        nx.draw_networkx_nodes(G, pos, nodelist=nodes, node_shape=shape, ax=ax, node_size=320,
+                               node_color=[colours[i] for i in nodes],
+                               edgecolors=["red" if pred[i] != y[i] else "black" for i in nodes],
+                               linewidths=[3 if pred[i] != y[i] else 1 for i in nodes])
+    nx.draw_networkx_labels(G, pos, ax=ax, font_size=7, font_color="white")
+    acc = float((pred == y).float().mean())
+    ax.set_title(f"GCN prediction (orange: {CLUBS[0]}, purple: {CLUBS[1]}); squares labelled, "
+                 f"red rim wrong; {acc:.0%} of all nodes right", fontsize=8)
+    ax.axis("off")
+    out = Path(out) if out else Path(run_dir) / "samples.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+# ===================================================================================== graph classification
+@dataclasses.dataclass
+class GraphsConfig(FitConfig):
+    """Graph classification (cycle / path / star / random tree) with a GCN and mean-pool readout."""
+
+    dataset: str = option("shapes", "generated graphs: cycle, path, star, random tree", choices=("shapes",))
+    min_nodes: int = option(6, "fewest nodes per graph", min=4)
+    max_nodes: int = option(16, "most nodes per graph", min=4)
+    num_train: int = option(1200, "generated training graphs", min=1)
+    num_val: int = option(200, "generated validation graphs", min=1)
+    num_test: int = option(400, "generated test graphs", min=1)
+    hidden: int = option(32, "GCN hidden units", min=1)
+    layers: int = option(3, "GCN layers", min=1)
+    readout: str = option("mean", "graph readout", choices=("mean", "sum", "max"))
+    dropout: float = option(0.0, "dropout on node states", min=0.0, max=0.99)
+    epochs: int = option(30, "passes over the training set", min=1)
+    batch_size: int = option(32, "graphs per mini-batch", min=1)
+    lr: float = option(5e-3, "learning rate", min=0.0)
+
+    def check(self) -> None:
+        if self.min_nodes > self.max_nodes:
+            raise UserError(f"--min-nodes {self.min_nodes} > --max-nodes {self.max_nodes}; swap them")
+
+
+def random_graph(kind: str, n: int, g: torch.Generator) -> torch.Tensor:
+    """Symmetric 0/1 adjacency [n, n] of a ``kind`` graph on n nodes, nodes randomly relabelled."""
+    A = torch.zeros(n, n)
+    if kind == "cycle":
+        src, dst = torch.arange(n), (torch.arange(n) + 1) % n          # i -- i+1 mod n
+    elif kind == "path":
+        src, dst = torch.arange(n - 1), torch.arange(1, n)             # i -- i+1
+    elif kind == "star":
+        src, dst = torch.zeros(n - 1, dtype=torch.long), torch.arange(1, n)  # 0 -- i
+    elif kind == "tree":   # random recursive tree: node i attaches to a uniform earlier node
+        dst = torch.arange(1, n)
+        src = (torch.rand(n - 1, generator=g) * dst).long()
+    else:
+        raise UserError(f"unknown graph kind {kind!r}; use one of {', '.join(GRAPH_CLASSES)}")
+    A[src, dst] = 1.0
+    A[dst, src] = 1.0
+    p = torch.randperm(n, generator=g)
+    return A[p][:, p]   # P A P^T: relabel the nodes
+
+
+def make_graphs(num: int, min_nodes: int, max_nodes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed graphs [num, max_nodes, max_nodes + 1], labels [num]); see :func:`unpack` for the format."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(num, max_nodes, max_nodes + 1)
+    y = torch.randint(len(GRAPH_CLASSES), (num,), generator=g)
+    for b in range(num):
+        n = int(torch.randint(min_nodes, max_nodes + 1, (1,), generator=g))
+        x[b, :n, :n] = random_graph(GRAPH_CLASSES[int(y[b])], n, g)
+        x[b, :n, max_nodes] = 1.0  # node mask
+    return x, y
+
+
+def unpack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packed [B, n, n+1] (adjacency | node mask) -> (edge_index [2, E] j->i, batch [N_real], mask [B, n])."""
+    B, n, _ = x.shape
+    A, mask = x[..., :n], x[..., n] > 0
+    new_id = torch.cumsum(mask.reshape(-1).long(), 0) - 1          # (b, i) -> index among real nodes
+    b, i, j = (A > 0).nonzero(as_tuple=True)                         # edge j -> i in graph b
+    edge_index = torch.stack([new_id[b * n + j], new_id[b * n + i]])
+    batch = torch.arange(B, device=x.device).repeat_interleave(mask.sum(1))
+    return edge_index, batch, mask
+
+
+class GraphClassifier(nn.Module):
+    """GCN over a mini-batch of packed graphs; node features = one-hot capped degree; pooled readout."""
+
+    def __init__(self, hidden: int, num_classes: int, layers: int, readout: str, dropout: float):
+        super().__init__()
+        from mlcanon.nn.graph import GNN
+        self.gnn = GNN(MAX_DEGREE + 1, hidden, num_classes, layers, conv="gcn", task="graph", readout=readout, dropout=dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, n, n+1] -> logits [B, K]."""
+        edge_index, batch, mask = unpack(x)
+        n = x.shape[1]
+        deg = x[..., :n].sum(-1)[mask].long().clamp(max=MAX_DEGREE)   # deg_i = sum_j A_ij
+        feats = F.one_hot(deg, MAX_DEGREE + 1).float()
+        return self.gnn(feats, edge_index, batch, num_graphs=x.shape[0])
+
+
+def graph_splits(config: GraphsConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """train / valid / test sets, each generated from its own seed derived from --seed."""
+    c = config
+    return {name: make_graphs(n, c.min_nodes, c.max_nodes, seed=1000 * c.seed + 17 + k)
+            for k, (name, n) in enumerate((("train", c.num_train), ("valid", c.num_val), ("test", c.num_test)))}
+
+
+def _graph_model(config: GraphsConfig) -> GraphClassifier:
+    return GraphClassifier(config.hidden, len(GRAPH_CLASSES), config.layers, config.readout, config.dropout)
+
+
+@register("gcn-graphs", family="supervised", config=GraphsConfig,
+          description="GCN graph classification: cycle / path / star / random tree from structure alone",
+          evaluate=lambda run_dir, **kw: evaluate_graphs(run_dir, **kw),
+          sample=lambda *a, **kw: sample_graphs(*a, **kw))
+def train_graphs(config: GraphsConfig, run: Run | None = None) -> dict:
+    """Train, keep the best by val/accuracy, report test accuracy."""
+    run, resume_state, device = start("gcn-graphs", config, run)
+    data = graph_splits(config)
+    model = _graph_model(config)
+    result = fit(model, train=data["train"], val=data["valid"], config=config, run=run, device=device,
+                 loss_fn=_ce, metric_fn=_accuracy, resume_state=resume_state)
+    load_weights(model, run.dir).to("cpu")
+    tm = evaluate_tensors(model, *data["test"], loss_fn=_ce, metric_fn=_accuracy, device=torch.device("cpu"))
+    run.log(result.step, {"test/accuracy": tm["accuracy"], "test/loss": tm["loss"]})
+    out = {"run_dir": str(run.dir), "step": result.step, "epochs": result.epoch,
+           "best_val_accuracy": result.best_value, "test_accuracy": tm["accuracy"], "test_loss": tm["loss"]}
+    run.write_json("result.json", out)
+    run.close()
+    out["model"] = model
+    return out
+
+
+def _load_graphs(run_dir):
+    config = config_of(run_dir, "gcn-graphs")
+    return load_weights(_graph_model(config), run_dir), config
+
+
+def evaluate_graphs(run_dir: str | Path, split: str = "test", **_) -> dict:
+    """Accuracy and loss of the best model on the regenerated split."""
+    if split not in ("test", "valid"):
+        raise UserError(f"--split {split!r}: use test or valid")
+    model, config = _load_graphs(run_dir)
+    m = evaluate_tensors(model, *graph_splits(config)[split], loss_fn=_ce, metric_fn=_accuracy,
+                         device=torch.device("cpu"))
+    return {f"{split}/accuracy": m["accuracy"], f"{split}/loss": m["loss"]}
+
+
+def sample_graphs(run_dir: str | Path, n: int = 16, out: str | Path | None = None, **_) -> Path:
+    """PNG of ``n`` test graphs (spectral layout) titled predicted / true class."""
+    import math
+
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    model, config = _load_graphs(run_dir)
+    x, y = graph_splits(config)["test"]
+    n = min(n, len(x))
+    with torch.no_grad():
+        pred = model(x[:n]).argmax(-1)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows), squeeze=False)
+    N = config.max_nodes
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        m = int(x[k, :, N].sum())
+        A = x[k, :m, :m].double()
+        L = torch.diag(A.sum(1)) - A                       # graph Laplacian L = D - A
+        _, vec = torch.linalg.eigh(L)
+        pos = vec[:, 1:3].numpy()                          # spectral layout: 2nd and 3rd eigenvectors
+        for i, j in (A > 0).nonzero().tolist():
+            if i < j:
+                ax.plot(pos[[i, j], 0], pos[[i, j], 1], color="gray", lw=1)
+        ax.scatter(pos[:, 0], pos[:, 1], s=25, zorder=3)
+        ok = int(pred[k]) == int(y[k])
+        ax.set_title(f"{GRAPH_CLASSES[pred[k]]} / {GRAPH_CLASSES[y[k]]}", fontsize=8,
+                     color="black" if ok else "red")
+    fig.suptitle("predicted / true (red: wrong)", fontsize=9)
+    fig.tight_layout()
+    out = Path(out) if out else Path(run_dir) / "samples.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    (Path(run_dir) / "samples.json").write_text(json.dumps({"pred": pred.tolist(), "true": y[:n].tolist()}))
+    return out
