@@ -197,8 +197,8 @@ def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0,
     k, p = _pair(kernel_size, "kernel_size"), _pair(padding, "padding")
     s = _pair(stride if stride is not None else kernel_size, "stride")
     u, v = arg // k[1], arg % k[1]
-    rows = torch.arange(Ho).view(Ho, 1) * s[0] + u - p[0]
-    colsi = torch.arange(Wo).view(1, Wo) * s[1] + v - p[1]
+    rows = torch.arange(Ho, device=x.device).view(Ho, 1) * s[0] + u - p[0]
+    colsi = torch.arange(Wo, device=x.device).view(1, Wo) * s[1] + v - p[1]
     return y, rows * W + colsi
 
 

@@ -41,14 +41,14 @@ def _check_edges(edge_index: torch.Tensor, num_nodes: int) -> None:
 def to_dense_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
     """A [N, N] with A[i, j] = 1 for each edge j -> i."""
     _check_edges(edge_index, num_nodes)
-    A = torch.zeros(num_nodes, num_nodes)
+    A = torch.zeros(num_nodes, num_nodes, device=edge_index.device)
     A[edge_index[1], edge_index[0]] = 1.0
     return A
 
 
 def normalized_adjacency(A: torch.Tensor) -> torch.Tensor:
     """Dense Kipf normalization D^-1/2 (A + I) D^-1/2, D_ii = sum_j (A + I)_ij."""
-    A_hat = A + torch.eye(A.shape[0], dtype=A.dtype)  # A + I
+    A_hat = A + torch.eye(A.shape[0], dtype=A.dtype, device=A.device)  # A + I
     d = A_hat.sum(1).rsqrt()  # D^-1/2
     return d[:, None] * A_hat * d[None, :]
 
