@@ -117,6 +117,10 @@ class Seq2Seq(nn.Module):
         self.net = EncoderDecoder(VOCAB, VOCAB, d_model=config.d_model, n_heads=config.n_heads,
                                   num_layers=config.layers, d_ff=config.d_ff, dropout=config.dropout,
                                   max_len=config.max_len + 2)
+        for emb in (self.net.encoder.embed, self.net.decoder.embed):
+            # token embeddings ~ N(0, 1/d): after the sqrt(d) scaling they are O(1), like the sinusoidal
+            # positions, instead of drowning them (the positions are all that reversal depends on)
+            nn.init.normal_(emb.weight, std=config.d_model ** -0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         src, tgt = x[:, :self.S], x[:, self.S:]
