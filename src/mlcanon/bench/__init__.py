@@ -13,6 +13,7 @@ from typing import Callable
 
 _MODULES = [
     "mlcanon.bench.classifier",
+    "mlcanon.bench.supervised_tasks",
     "mlcanon.bench.tabular",
     "mlcanon.bench.tabular_learning",
 ]
