@@ -22,7 +22,10 @@ elif SHARED_DATA.is_dir():
     os.environ["MLCANON_DATA"] = str(SHARED_DATA)
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests train small models: one thread each is fastest, and it avoids OpenMP oversubscription when the
+# suite runs subprocesses (or shares the machine). Subprocesses inherit OMP_NUM_THREADS.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 def _data_dir() -> Path | None:

@@ -35,7 +35,7 @@ def config_parser(algo) -> argparse.ArgumentParser:
     from mlcanon import config as cfg
 
     p = _Parser(prog=f"mlcanon train {algo.name}", description=algo.description,
-                argument_default=argparse.SUPPRESS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                argument_default=argparse.SUPPRESS)
     hints = typing.get_type_hints(algo.config_cls)
     for f in cfg.fields(algo.config_cls):
         inner, _ = cfg.base_type(hints[f.name])
@@ -45,7 +45,7 @@ def config_parser(algo) -> argparse.ArgumentParser:
         if choices:
             help_text += f" {{{', '.join(map(str, choices))}}}"
         help_text += f" (default: {default})"
-        kw = dict(help=help_text, metavar=f.name.upper() if inner is not bool else "BOOL", dest=f.name)
+        kw = dict(help=help_text.replace("%", "%%"), metavar=f.name.upper() if inner is not bool else "BOOL", dest=f.name)
         if inner is bool:
             kw["nargs"] = "?"
             kw["const"] = "true"
@@ -194,18 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = make_parser()
         if argv and argv[0] == "train":
-            # train's own flags first; the rest are the algorithm's config flags
-            head = _Parser(prog="mlcanon train", add_help=False)
-            head.add_argument("name", nargs="?", default=None)
-            head.add_argument("--config", default=None)
-            head.add_argument("--resume", default=None)
+            # train's own flags first (NAME, --config, --resume); the rest are the algorithm's config flags
             rest = argv[1:]
             if rest and rest[0] in ("-h", "--help"):
                 print("usage: mlcanon train NAME [--config FILE] [--FIELD VALUE ...]\n"
                       "       mlcanon train --resume RUN_DIR\n"
                       "`mlcanon list` shows the algorithms; `mlcanon train NAME --help` their flags.")
                 return 0
+            name = rest.pop(0) if rest and not rest[0].startswith("-") else None
+            head = _Parser(prog="mlcanon train", add_help=False)
+            head.add_argument("--config", default=None)
+            head.add_argument("--resume", default=None)
             known, others = head.parse_known_args(rest)
+            known.name = name
             return cmd_train(known, others)
         ns, rest = parser.parse_known_args(argv)
         if rest:

@@ -55,7 +55,7 @@ def test_digits_mlp_learns_and_writes_the_run_folder(tmp_runs):
      "--label-noise", "0.05", "--weight-noise", "0.001"],
 ])
 def test_optimizers_losses_and_regularizers_learn(tmp_runs, flags):
-    res = get(ALGO).train(cfg(tmp_runs, "--dataset", "digits", "--epochs", "6", *flags))
+    res = get(ALGO).train(cfg(tmp_runs, "--dataset", "digits", "--epochs", "12", *flags))
     assert res["test_accuracy"] >= 0.85, (flags, res)
 
 

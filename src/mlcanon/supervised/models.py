@@ -29,32 +29,34 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, config) -> nn.Module:
 
 
 class SimpleCNN(nn.Module):
-    """Conv(3x3, same) -> BN -> ReLU -> MaxPool(2) blocks, global average pool, dropout, linear head."""
+    """[Conv(3x3, same) -> BN -> ReLU] x2 -> MaxPool(2) blocks, then flatten, dropout and a linear head."""
 
-    def __init__(self, in_channels: int, num_classes: int, width: int, depth: int, dropout: float):
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int, depth: int,
+                 dropout: float):
         super().__init__()
+        C, H, W = input_shape
         blocks: list[nn.Module] = []
-        c = in_channels
+        c = C
         for i in range(depth):
             out = width * (2 ** i)
             blocks += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
                        nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
-                       nn.MaxPool2d(2, ceil_mode=True)]
+                       nn.MaxPool2d(2, ceil_mode=True)]       # H -> ceil(H / 2)
             c = out
+            H, W = -(-H // 2), -(-W // 2)
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(c, num_classes))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * H * W, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
 def cnn(input_shape: tuple[int, ...], num_classes: int, config) -> nn.Module:
-    """A small VGG-style CNN; ``depth`` conv blocks starting at ``width // 4`` channels (min 8)."""
+    """A small VGG-style CNN; ``depth`` (<= 3) conv blocks starting at ``width // 4`` channels (min 8)."""
     if len(input_shape) != 3:
         raise UserError(f"--model cnn needs image inputs [C, H, W]; this data set has shape {input_shape}")
     depth = max(1, min(config.depth, 3))
-    return SimpleCNN(input_shape[0], num_classes, max(8, config.width // 4), depth, config.dropout)
+    return SimpleCNN(tuple(input_shape), num_classes, max(8, config.width // 4), depth, config.dropout)
 
 
 def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
