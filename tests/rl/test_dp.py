@@ -1,0 +1,119 @@
+"""Dynamic programming: S&B Example 4.1, contraction, fixed points, VI == PI, sparse == dense, gamma == 1."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlcanon.errors import UserError
+from mlcanon.rl import dp
+from mlcanon.rl.envs import mdp_of
+from mlcanon.rl.mdp import random_mdp
+
+
+@pytest.fixture(scope="module")
+def sb():
+    return mdp_of("mlcanon/SuttonBartoGrid-v0")
+
+
+def test_sutton_barto_random_policy_values(sb):
+    V = dp.policy_evaluation(sb, np.full((16, 4), 0.25))
+    book = np.array([[0, -14, -20, -22], [-14, -18, -20, -20], [-20, -20, -18, -14], [-22, -20, -14, 0]])
+    np.testing.assert_allclose(V.reshape(4, 4), book, atol=1e-6)   # S&B Figure 4.1, k = infinity
+
+
+def test_sutton_barto_optimal_values(sb):
+    V, pi = dp.value_iteration(sb)
+    rr, cc = np.divmod(np.arange(16), 4)
+    dist = np.minimum(rr + cc, 6 - rr - cc)                         # Manhattan distance to nearest corner
+    np.testing.assert_allclose(V, -dist, atol=1e-9)
+    assert dp.policy_value_gap(sb, pi, V) < 1e-9
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), gamma=st.floats(0.0, 0.999))
+def test_bellman_contraction(seed, gamma):
+    m = random_mdp(8, 3, gamma=gamma, seed=seed)
+    rng = np.random.default_rng(seed)
+    V1, V2 = rng.normal(size=8) * 10, rng.normal(size=8) * 10
+    lhs = np.abs(dp.bellman_optimality(m, V1) - dp.bellman_optimality(m, V2)).max()
+    assert lhs <= gamma * np.abs(V1 - V2).max() + 1e-9             # ||TV - TV'|| <= gamma ||V - V'||
+    pi = rng.dirichlet(np.ones(3), size=8)
+    lhs = np.abs(dp.bellman_expectation(m, pi, V1) - dp.bellman_expectation(m, pi, V2)).max()
+    assert lhs <= gamma * np.abs(V1 - V2).max() + 1e-9
+
+
+def test_policy_evaluation_fixed_point_and_linear_solve():
+    m = random_mdp(30, 4, gamma=0.9, seed=1, terminal=2)
+    pi = np.random.default_rng(0).dirichlet(np.ones(4), size=30)
+    V = dp.policy_evaluation(m, pi, tol=1e-12)
+    np.testing.assert_allclose(dp.bellman_expectation(m, pi, V), V, atol=1e-10)   # V = T_pi V
+    P = m.P
+    P_pi = np.einsum("sa,sat->st", pi, P)
+    r_pi = (pi * m.R).sum(1)
+    live = ~m.terminal
+    V_ls = np.zeros(30)
+    V_ls[live] = np.linalg.solve(np.eye(live.sum()) - 0.9 * P_pi[np.ix_(live, live)], r_pi[live])
+    np.testing.assert_allclose(V, V_ls, atol=1e-9)
+    np.testing.assert_allclose(dp.policy_evaluation_exact(m, pi), V_ls, atol=1e-9)
+    det = np.arange(30) % 4
+    np.testing.assert_allclose(dp.policy_evaluation(m, det), dp.policy_evaluation_exact(m, det), atol=1e-9)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.9, 0.99])
+def test_value_and_policy_iteration_agree(gamma):
+    m = random_mdp(40, 3, successors=5, gamma=gamma, seed=3)
+    V_vi, pi_vi = dp.value_iteration(m, tol=1e-9)
+    V_pi, pi_pi, n_pi = dp.policy_iteration(m)
+    V_mpi, pi_mpi, _ = dp.modified_policy_iteration(m, m=10, tol=1e-9)
+    V_b, pi_b, _ = dp.value_iteration_bounds(m, tol=1e-9)
+    for V in (V_vi, V_mpi, V_b):
+        np.testing.assert_allclose(V, V_pi, atol=1e-8)
+    for pi in (pi_vi, pi_pi, pi_mpi, pi_b):                          # optimal policies have equal values
+        assert dp.policy_value_gap(m, pi, V_pi) < 1e-7
+    tr = dp.value_iteration(m, tol=1e-9, return_trace=True)
+    assert n_pi < tr.n_sweeps                                        # PI: fewer iterations than VI sweeps
+    assert tr.deltas[-1] < 1e-9 * (1 - gamma) / (2 * gamma)
+
+
+def test_vi_deltas_contract():
+    m = random_mdp(20, 3, gamma=0.8, seed=4)
+    tr = dp.value_iteration_trace(m, tol=1e-8)
+    assert np.all(tr.deltas[1:] <= 0.8 * tr.deltas[:-1] + 1e-12)   # ||V_{k+1}-V_k|| <= gamma ||V_k-V_{k-1}||
+
+
+def test_sparse_equals_dense():
+    m = random_mdp(60, 4, successors=6, gamma=0.95, seed=5, terminal=3)
+    ms = m.to_sparse()
+    assert ms.is_sparse and not m.is_sparse
+    np.testing.assert_allclose(dp.value_iteration(ms)[0], dp.value_iteration(m)[0], atol=1e-12)
+    np.testing.assert_allclose(dp.policy_iteration(ms)[0], dp.policy_iteration(m)[0], atol=1e-9)
+    pi = np.full((60, 4), 0.25)
+    np.testing.assert_allclose(dp.policy_evaluation(ms, pi), dp.policy_evaluation(m, pi), atol=1e-12)
+    np.testing.assert_allclose(dp.q_from_v(ms, np.arange(60.0)), dp.q_from_v(m, np.arange(60.0)), atol=1e-12)
+    np.testing.assert_allclose(dp.value_iteration_bounds(ms)[0], dp.value_iteration(m, tol=1e-9)[0], atol=1e-6)
+    assert np.array_equal(dp.modified_policy_iteration(ms)[1], dp.modified_policy_iteration(m)[1])
+
+
+def test_gamma_one_episodic(sb):
+    V_pi, pi, _ = dp.policy_iteration(sb)
+    assert dp.policy_value_gap(sb, pi, V_pi) < 1e-8
+    V_vi, _ = dp.value_iteration(sb)
+    np.testing.assert_allclose(V_pi, V_vi, atol=1e-8)
+    always_up = np.zeros(16, dtype=int)                            # never terminates from the top row
+    with pytest.raises(UserError, match="never reaches a terminal"):
+        dp.policy_evaluation(sb, always_up)
+
+
+def test_q_greedy_ties_and_bad_input(sb):
+    assert np.array_equal(dp.greedy(np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0]])), [0, 1])
+    V = np.arange(16.0)
+    Q = dp.q_from_v(sb, V)
+    s, a = 5, 3                                                    # right from (1,1) -> (1,2) = state 6
+    assert Q[s, a] == pytest.approx(-1.0 + V[6])
+    with pytest.raises(UserError):
+        dp.policy_evaluation(sb, np.full((16, 4), 0.3))
+    with pytest.raises(UserError):
+        dp.q_from_v(sb, np.zeros(5))
+    with pytest.raises(UserError):
+        dp.value_iteration(sb, tol=0)
