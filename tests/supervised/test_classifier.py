@@ -69,8 +69,8 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_runs):
 
 
 def test_cli_train_eval_sample(tmp_runs, capsys):
-    assert main(["train", "classifier", "--dataset", "digits", "--epochs", "2", "--out-dir", str(tmp_runs),
-                 "--progress", "false"]) == 0
+    assert main(["train", "classifier", "--dataset", "digits", "--epochs", "2", "--model", "cnn", "--width", "32",
+                 "--depth", "1", "--out-dir", str(tmp_runs), "--progress", "false"]) == 0
     run_dir = next(tmp_runs.iterdir())
     assert run_dir.name.startswith("classifier-digits-")
     assert main(["eval", str(run_dir)]) == 0
@@ -81,11 +81,12 @@ def test_cli_train_eval_sample(tmp_runs, capsys):
     png = tmp_runs / "grid.png"
     assert main(["sample", str(run_dir), "-n", "16", "--out", str(png)]) == 0
     assert png.stat().st_size > 1000
+    assert (tmp_runs / "grid-gradcam.png").stat().st_size > 1000   # Grad-CAM overlays for conv models
 
 
 def _train_cmd(out_dir, *extra):
     return [sys.executable, "-m", "mlcanon", "train", "classifier", "--dataset", "digits", "--model", "mlp",
-            "--epochs", "12", "--batch-size", "16", "--width", "512", "--dropout", "0.1", "--seed", "3",
+            "--epochs", "4", "--batch-size", "16", "--width", "512", "--dropout", "0.1", "--seed", "3",
             "--checkpoint-every", "5", "--log-every", "5", "--progress", "false", "--out-dir", str(out_dir), *extra]
 
 
@@ -103,7 +104,7 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path):
                 step = json.loads(states[0].read_text())["step"]
             except (json.JSONDecodeError, OSError):
                 step = 0
-            if step >= 100:
+            if step >= 60:
                 os.kill(p.pid, signal.SIGKILL)
                 killed_at = step
                 break

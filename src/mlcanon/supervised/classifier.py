@@ -242,7 +242,7 @@ def evaluate(run_dir: str | Path, split: str = "test", **_) -> dict:
 
 
 def sample(run_dir: str | Path, n: int = 64, out: str | Path | None = None, **_) -> Path:
-    """A grid of test images titled with predicted and true labels."""
+    """A grid of test images titled with predicted and true labels (+ ``*-gradcam.png`` for conv models)."""
     from mlcanon.data import load
     from mlcanon.data.images import save_image_grid
     model, config = load_model(run_dir)
@@ -252,6 +252,9 @@ def sample(run_dir: str | Path, n: int = 64, out: str | Path | None = None, **_)
         pred = model(x).argmax(-1)
     titles = [f"{int(p)}/{int(t)}" + ("" if p == t else " x") for p, t in zip(pred, y)]
     out = Path(out) if out else Path(run_dir) / "samples.png"
-    save_image_grid(x, out, titles=titles, suptitle="predicted / true label (x: wrong)")
+    save_image_grid(x, out, titles=titles)  # caption: predicted/true, "x" marks a mistake
     (Path(run_dir) / "samples.json").write_text(json.dumps({"pred": pred.tolist(), "true": y.tolist()}))
+    if config.model in ("cnn", "resnet") and config.ensemble == 1 and not config.weight_noise:
+        from mlcanon.supervised.gradcam import save_overlays   # Grad-CAM heat maps beside the predictions
+        save_overlays(run_dir, min(n, 32), out.with_name(out.stem + "-gradcam.png"))
     return out
