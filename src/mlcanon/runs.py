@@ -377,7 +377,7 @@ def plot_curves(run_dir: str | Path, records: Iterable[dict] | None = None, out:
     series: dict[str, tuple[list, list]] = {}
     for r in records:
         for k, v in r.items():
-            if k == "step" or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if k == "step" or k.endswith("/epoch") or not isinstance(v, (int, float)) or not math.isfinite(v):
                 continue
             xs, ys = series.setdefault(k, ([], []))
             xs.append(r["step"])

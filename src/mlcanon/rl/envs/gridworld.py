@@ -67,10 +67,14 @@ def grid_mdp(rows: int, cols: int, terminals: dict, step_reward: float, slip: fl
 
 class GridWorldEnv(TabularEnv):
     """A rows x cols grid world (default 4x4, +1 bottom-right and -1 top-left terminals, reward 0
-    elsewhere, no slip, gamma 1). ``terminals`` maps a cell (row, col) to the bonus paid on entering it."""
+    elsewhere, no slip, gamma 0.9). ``terminals`` maps a cell (row, col) to the bonus paid on entering it.
+
+    gamma defaults to 0.9: with reward 0 everywhere but the terminals, gamma = 1 makes every policy that
+    eventually reaches +1 optimal, so a greedy policy read off V* may wander forever; discounting makes the
+    shortest path the unique optimum."""
 
     def __init__(self, size=4, terminals: dict | None = None, step_reward: float = 0.0, slip: float = 0.0,
-                 gamma: float = 1.0, start=None, render_mode: str | None = None):
+                 gamma: float = 0.9, start=None, render_mode: str | None = None):
         rows, cols = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
         if rows < 1 or cols < 1 or rows * cols < 2:
             raise UserError(f"grid size must be at least 1x2, got {rows}x{cols}")
