@@ -107,3 +107,11 @@ def test_train_help_lists_every_field(capsys):
     out = capsys.readouterr().out
     for f in cfg.fields(get("classifier").config_cls):
         assert "--" + f.name.replace("_", "-") in out
+
+
+@pytest.mark.parametrize("flag", [["--precision", "bf16"], ["--compile"], ["--device", "cuda"]])
+def test_numpy_only_algorithms_reject_torch_flags(flag, capsys, tmp_path):
+    """--precision/--compile/--device must take effect or fail: never accepted and ignored."""
+    rc = main(["train", "q-learning", *flag, "--out-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and flag[0] in err and "Traceback" not in err

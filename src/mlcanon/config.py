@@ -43,6 +43,9 @@ class CommonConfig:
     log_every: int = option(0, "steps between logged metrics (0: an automatic choice)", min=0)
     progress: bool = option(True, "show a progress bar")
 
+    #: False for numpy-only algorithms: validate() then rejects --precision bf16, --compile, --device cuda
+    uses_torch: typing.ClassVar[bool] = True
+
 
 def fields(cls_or_obj) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls_or_obj) if f.init]
@@ -127,6 +130,14 @@ def validate(config) -> None:
             raise UserError(f"{flag} must be >= {lo}; got {value!r}")
         if hi is not None and value > hi:
             raise UserError(f"{flag} must be <= {hi}; got {value!r}")
+    if not getattr(type(config), "uses_torch", True):   # numpy-only algorithms: torch options cannot apply
+        if config.precision != "fp32":
+            raise UserError(f"--precision {config.precision}: this algorithm runs in numpy float64; "
+                            "remove --precision")
+        if config.compile:
+            raise UserError("--compile: this algorithm has no torch model to compile; remove --compile")
+        if config.device == "cuda":
+            raise UserError("--device cuda: this algorithm runs on the CPU in numpy; use --device cpu or auto")
     check = getattr(config, "check", None)
     if callable(check):
         check()

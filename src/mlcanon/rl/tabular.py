@@ -15,6 +15,7 @@ uninterrupted run for envs with a model.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import math
 from pathlib import Path
 
@@ -34,6 +35,7 @@ ENV_HELP = "environment id: mlcanon/GridWorld-v0, FrozenLake-v1, CliffWalking-v1
 @dataclasses.dataclass
 class DPConfig(CommonConfig):
     """Dynamic programming on an env's tabular model."""
+    uses_torch: ClassVar[bool] = False   # numpy only: torch flags are rejected, not ignored
 
     env: str = option("mlcanon/GridWorld-v0", ENV_HELP)
     gamma: float | None = option(None, "discount (None: the env's own)", min=0.0, max=1.0)
@@ -54,6 +56,7 @@ class PolicyIterationConfig(DPConfig):
 @dataclasses.dataclass
 class _TabularConfig(CommonConfig):
     """Fields shared by the tabular learners."""
+    uses_torch: ClassVar[bool] = False   # numpy only: torch flags are rejected, not ignored
 
     env: str = option("mlcanon/GridWorld-v0", ENV_HELP)
     episodes: int = option(500, "episodes per seed", min=1)
@@ -129,6 +132,7 @@ class TD0Config(_TabularConfig):
 @dataclasses.dataclass
 class BanditConfig(CommonConfig):
     """Multi-armed bandits on a random testbed (S&B ch. 2)."""
+    uses_torch: ClassVar[bool] = False   # numpy only: torch flags are rejected, not ignored
 
     strategy: str = option("ucb", "action selection", choices=bd.STRATEGIES)
     arms: int = option(10, "number of arms K", min=1)
