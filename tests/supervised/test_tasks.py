@@ -32,7 +32,6 @@ def _cli_roundtrip(run_dir: str, tmp_runs: Path, out_name: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------ graphs
 def test_gcn_karate_reaches_90_percent_from_4_labels(tmp_runs):
-    pytest.importorskip("networkx")
     from mlcanon.supervised.graphs import LABELLED, karate_graph
     edge_index, y, N = karate_graph()
     assert N == 34 and edge_index.shape == (2, 156)
@@ -42,6 +41,15 @@ def test_gcn_karate_reaches_90_percent_from_4_labels(tmp_runs):
     assert res["test_accuracy"] >= 0.9, res                      # on the 30 unlabelled nodes
     ev = _cli_roundtrip(res["run_dir"], tmp_runs, "karate.png")
     assert ev["test/accuracy"] == pytest.approx(res["test_accuracy"])
+
+
+def test_missing_networkx_is_a_user_error(monkeypatch):
+    import sys
+
+    from mlcanon.supervised.graphs import karate_graph
+    monkeypatch.setitem(sys.modules, "networkx", None)          # import networkx -> ImportError
+    with pytest.raises(UserError, match="pip install"):
+        karate_graph()
 
 
 def test_graph_generators_and_packing():
