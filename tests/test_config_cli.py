@@ -92,9 +92,9 @@ def test_cli_errors_are_one_line(argv, needle, capsys, tmp_path):
 
 
 def test_cli_subprocess_error_and_list():
-    r = subprocess.run([sys.executable, "-m", "mlcanon", "train", "nope"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "mlcanon", "train", "nope"], check=False, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "mlcanon", "list"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "mlcanon", "list"], check=False, capture_output=True, text=True)
     assert r.returncode == 0
     names = [line.split()[0] for line in r.stdout.splitlines()]
     assert "classifier" in names

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from mlcanon.errors import UserError  # noqa: E402
+from mlcanon.errors import UserError
 
 __all__ = ["UserError", "__version__"]

@@ -45,7 +45,8 @@ def config_parser(algo) -> argparse.ArgumentParser:
         if choices:
             help_text += f" {{{', '.join(map(str, choices))}}}"
         help_text += f" (default: {default})"
-        kw = dict(help=help_text.replace("%", "%%"), metavar=f.name.upper() if inner is not bool else "BOOL", dest=f.name)
+        kw = {"help": help_text.replace("%", "%%"), "metavar": f.name.upper() if inner is not bool else "BOOL",
+              "dest": f.name}
         if inner is bool:
             kw["nargs"] = "?"
             kw["const"] = "true"

@@ -87,7 +87,7 @@ def parse_value(tp: Any, text: str, name: str) -> Any:
             return text
         origin = typing.get_origin(inner)
         if origin in (tuple, list):
-            (elem,) = set(a for a in typing.get_args(inner) if a is not Ellipsis) or {str}
+            (elem,) = {a for a in typing.get_args(inner) if a is not Ellipsis} or {str}
             parts = [p for p in text.replace(",", " ").split() if p]
             vals = [parse_value(elem, p, name) for p in parts]
             return tuple(vals) if origin is tuple else vals

@@ -26,8 +26,9 @@ import random
 import re
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -194,7 +195,7 @@ def new_run_dir(out_dir: str | Path, name: str, label: str = "") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = "-".join(p for p in (_slug(name), _slug(label) if label else "", stamp) if p)
     out.mkdir(parents=True, exist_ok=True)
-    for i in range(0, 10_000):
+    for i in range(10_000):
         d = out / (base if i == 0 else f"{base}-{i}")
         try:
             d.mkdir()
@@ -241,7 +242,7 @@ class Run:
 
     # -- creation / resume -------------------------------------------------------------------------
     @classmethod
-    def create(cls, algorithm: str, config, *, enabled: bool = True, device: str | None = None) -> "Run":
+    def create(cls, algorithm: str, config, *, enabled: bool = True, device: str | None = None) -> Run:
         from mlcanon.config import to_dict
 
         if not enabled:
@@ -254,7 +255,7 @@ class Run:
         return run
 
     @classmethod
-    def reopen(cls, run_dir: str | Path, *, enabled: bool = True) -> tuple["Run", dict | None, int]:
+    def reopen(cls, run_dir: str | Path, *, enabled: bool = True) -> tuple[Run, dict | None, int]:
         """Reopen for resume: returns (run, checkpoint state or None, step). Truncates metrics past step."""
         run = cls(Path(run_dir), enabled=enabled)
         loaded = load_checkpoint(run.dir)
@@ -299,7 +300,7 @@ class Run:
         if not self.enabled:
             return
         if self._metrics_file is None:
-            self._metrics_file = open(self.metrics_path, "a")
+            self._metrics_file = open(self.metrics_path, "a")  # noqa: SIM115 (kept open for the run; closed in close())
         self._metrics_file.write(json.dumps({"step": int(step), **clean}) + "\n")
         self._metrics_file.flush()
         tb = self.tensorboard()

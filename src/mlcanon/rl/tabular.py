@@ -15,9 +15,9 @@ uninterrupted run for envs with a model.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 

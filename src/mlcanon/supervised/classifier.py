@@ -19,19 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlcanon.config import CommonConfig, option
+from mlcanon.config import option
 from mlcanon.devices import device_for_rank, init_distributed, resolve_device
 from mlcanon.errors import UserError
 from mlcanon.registry import register
 from mlcanon.runs import Run, load_checkpoint, seed_everything
-from mlcanon.supervised.fit import OPTIMIZERS, evaluate_tensors, fit
+from mlcanon.supervised.fit import FitConfig, evaluate_tensors, fit
 from mlcanon.supervised.models import MODELS, build_model
 
 AUGMENTATIONS = ("crop", "flip", "rotate")
 
 
 @dataclasses.dataclass
-class ClassifierConfig(CommonConfig):
+class ClassifierConfig(FitConfig):
     """Train an image classifier; every field is a CLI flag (``--batch-size 128``)."""
 
     dataset: str = option("digits", "data set: digits, mnist, fashion-mnist, cifar10 (see mlcanon.data)")
@@ -41,16 +41,8 @@ class ClassifierConfig(CommonConfig):
     depth: int = option(2, "hidden layers (mlp), conv blocks (cnn), residual stages (resnet), layers (vit/lstm)",
                         min=1)
     dropout: float = option(0.0, "dropout probability", min=0.0, max=0.99)
-    epochs: int = option(20, "passes over the training set", min=1)
-    batch_size: int = option(64, "global mini-batch size (split over processes under torchrun)", min=1)
-    lr: float = option(1e-3, "learning rate", min=0.0)
-    optimizer: str = option("adam", "optimizer", choices=OPTIMIZERS)
-    momentum: float = option(0.9, "momentum for the momentum / nesterov optimizers", min=0.0, max=1.0)
-    weight_decay: float = option(0.0, "L2 penalty coefficient lambda (adds lambda*w to the gradient)", min=0.0)
     loss: str = option("cross-entropy", "loss function", choices=("cross-entropy", "mse"))
     label_smoothing: float = option(0.0, "cross-entropy label smoothing", min=0.0, max=1.0)
-    max_grad_norm: float = option(0.0, "clip the global gradient norm to this value (0: off)", min=0.0)
-    patience: int = option(0, "early stopping: epochs without val improvement before stopping (0: off)", min=0)
     val_fraction: float = option(0.1, "fraction of train held out for validation (where no official split)",
                                  min=0.0, max=0.5)
     train_subset: int = option(0, "use only the first N training examples (0: all)", min=0)
@@ -214,8 +206,8 @@ def train(config: ClassifierConfig, run: Run | None = None) -> dict:
 
 def load_model(run_dir: str | Path, tag: str = "best") -> tuple[nn.Module, ClassifierConfig]:
     """The trained model (best by validation accuracy, else last) and its config, from a run folder."""
-    from mlcanon.registry import algorithm_of_run
     from mlcanon.data import load
+    from mlcanon.registry import algorithm_of_run
     algo, config = algorithm_of_run(run_dir)
     if algo.name != "classifier":
         raise UserError(f"{run_dir} is a {algo.name} run, not a classifier run")
@@ -255,6 +247,6 @@ def sample(run_dir: str | Path, n: int = 64, out: str | Path | None = None, **_)
     save_image_grid(x, out, titles=titles)  # caption: predicted/true, "x" marks a mistake
     (Path(run_dir) / "samples.json").write_text(json.dumps({"pred": pred.tolist(), "true": y.tolist()}))
     if config.model in ("cnn", "resnet") and config.ensemble == 1 and not config.weight_noise:
-        from mlcanon.supervised.gradcam import save_overlays   # Grad-CAM heat maps beside the predictions
+        from mlcanon.supervised.gradcam import save_overlays  # Grad-CAM heat maps beside the predictions
         save_overlays(run_dir, min(n, 32), out.with_name(out.stem + "-gradcam.png"))
     return out

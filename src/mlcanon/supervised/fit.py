@@ -16,16 +16,31 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from mlcanon.config import CommonConfig, option
 from mlcanon.devices import DistInfo, autocast, maybe_compile
 from mlcanon.errors import UserError
 from mlcanon.runs import Run, rng_state, set_rng_state
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+
+
+@dataclasses.dataclass
+class FitConfig(CommonConfig):
+    """The fields :func:`mlcanon.supervised.fit.fit` reads (epochs, batch, optimizer, regularizers)."""
+
+    epochs: int = option(20, "passes over the training set", min=1)
+    batch_size: int = option(64, "global mini-batch size", min=1)
+    lr: float = option(1e-3, "learning rate", min=0.0)
+    optimizer: str = option("adam", "optimizer", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "momentum for the momentum / nesterov optimizers", min=0.0, max=1.0)
+    weight_decay: float = option(0.0, "L2 penalty coefficient lambda (adds lambda*w to the gradient)", min=0.0)
+    max_grad_norm: float = option(0.0, "clip the global gradient norm to this value (0: off)", min=0.0)
+    patience: int = option(0, "early stopping: epochs without val improvement before stopping (0: off)", min=0)
 
 # loss_fn(output, y) -> per-example losses [B]; metric_fn(output, y) -> {name: sum over the batch}
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -93,7 +108,7 @@ def evaluate_tensors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss
 def fit(model: nn.Module, *, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor] | None,
         config, run: Run, device: torch.device, loss_fn: LossFn, metric_fn: MetricFn,
         transform: TransformFn | None = None, monitor: str = "accuracy", mode: str = "max",
-        dist: DistInfo = DistInfo(), resume_state: dict | None = None,
+        dist: DistInfo | None = None, resume_state: dict | None = None,
         extra_state: Callable[[], dict] | None = None) -> FitResult:
     """Train ``model`` on ``train`` for ``config.epochs`` epochs; see the module docstring.
 
@@ -101,6 +116,7 @@ def fit(model: nn.Module, *, train: tuple[torch.Tensor, torch.Tensor], val: tupl
     patience, checkpoint_every, log_every, precision, compile, progress. ``resume_state`` is a checkpoint
     written by this function (``Run.reopen``); training continues exactly where it stopped.
     """
+    dist = dist or DistInfo()
     x_train, y_train = train
     N = len(x_train)
     B = config.batch_size

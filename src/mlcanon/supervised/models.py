@@ -7,7 +7,7 @@ to logits ``[B, num_classes]``. Add an architecture with one function and one li
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

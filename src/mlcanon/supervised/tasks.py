@@ -7,30 +7,14 @@ and :mod:`~mlcanon.supervised.gradcam`. Each trains with the generic loop :func:
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
 
-from mlcanon.config import CommonConfig, option
 from mlcanon.devices import resolve_device
 from mlcanon.errors import UserError
 from mlcanon.runs import Run, load_checkpoint, seed_everything
-from mlcanon.supervised.fit import OPTIMIZERS
-
-
-@dataclasses.dataclass
-class FitConfig(CommonConfig):
-    """The fields :func:`mlcanon.supervised.fit.fit` reads (epochs, batch, optimizer, regularizers)."""
-
-    epochs: int = option(20, "passes over the training set", min=1)
-    batch_size: int = option(64, "global mini-batch size", min=1)
-    lr: float = option(1e-3, "learning rate", min=0.0)
-    optimizer: str = option("adam", "optimizer", choices=OPTIMIZERS)
-    momentum: float = option(0.9, "momentum for the momentum / nesterov optimizers", min=0.0, max=1.0)
-    weight_decay: float = option(0.0, "L2 penalty coefficient lambda (adds lambda*w to the gradient)", min=0.0)
-    max_grad_norm: float = option(0.0, "clip the global gradient norm to this value (0: off)", min=0.0)
-    patience: int = option(0, "early stopping: epochs without val improvement before stopping (0: off)", min=0)
+from mlcanon.supervised.fit import FitConfig  # noqa: F401  (re-exported: the tasks' configs inherit it)
 
 
 def start(name: str, config, run: Run | None) -> tuple[Run, dict | None, torch.device]:
