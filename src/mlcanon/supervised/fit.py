@@ -41,11 +41,22 @@ class FitConfig(CommonConfig):
     weight_decay: float = option(0.0, "L2 penalty coefficient lambda (adds lambda*w to the gradient)", min=0.0)
     max_grad_norm: float = option(0.0, "clip the global gradient norm to this value (0: off)", min=0.0)
     patience: int = option(0, "early stopping: epochs without val improvement before stopping (0: off)", min=0)
+    lr_schedule: str = option("constant", "learning-rate schedule over the run: constant, or cosine decay to 0",
+                              choices=("constant", "cosine"))
 
 # loss_fn(output, y) -> per-example losses [B]; metric_fn(output, y) -> {name: sum over the batch}
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MetricFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
 TransformFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def scheduled_lr(base_lr: float, schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate for optimizer step ``step`` (0-based), a pure function of the step (resume-safe)."""
+    if schedule == "constant":
+        return base_lr
+    if schedule == "cosine":   # lr_t = lr * (1 + cos(pi t / T)) / 2   (Loshchilov & Hutter 2017, no restarts)
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    raise UserError(f"--lr-schedule {schedule!r}: use constant or cosine")
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -192,6 +203,9 @@ def fit(model: nn.Module, *, train: tuple[torch.Tensor, torch.Tensor], val: tupl
                 gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             else:
                 gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+            lr_now = scheduled_lr(config.lr, getattr(config, "lr_schedule", "constant"), step, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
             optimizer.step()
             step += 1
             with torch.no_grad():
@@ -207,7 +221,7 @@ def fit(model: nn.Module, *, train: tuple[torch.Tensor, torch.Tensor], val: tupl
                 rec = {"train/loss": acc["loss"] / max(acc["n"], 1),
                        "train/grad_norm": acc["grad_norm"] / max(acc["steps"], 1),
                        **{f"train/{k2}": v / max(acc["n"], 1) for k2, v in acc_metrics.items()},
-                       "train/epoch": step / steps_per_epoch}
+                       "train/epoch": step / steps_per_epoch, "train/lr": lr_now}
                 dt = time.perf_counter() - t0
                 perf = {"perf/steps_per_s": (step - s0) / dt if dt > 0 else 0.0}
                 if epoch_end and val is not None:
