@@ -11,7 +11,7 @@ from mlcanon.bench import Row, bench
 CASES = [
     ("digits mlp", "--dataset digits --model mlp --epochs 30 --batch-size 32 --lr 1e-3", 95.0),
     ("mnist mlp (<=5 epochs)", ("--dataset mnist --model mlp --width 1024 --depth 2 --dropout 0.2 --epochs 5 "
-                                "--batch-size 128 --lr 1e-3"), 98.0),
+                                "--batch-size 128 --lr 1e-3 --lr-schedule cosine"), 98.0),
     ("mnist cnn (<=5 epochs)", ("--dataset mnist --model cnn --width 128 --depth 2 --dropout 0.1 --epochs 5 "
                                 "--batch-size 128 --lr 2e-3"), 99.0),
 ]
@@ -37,6 +37,11 @@ def digits() -> list[Row]:
     return [_run(*CASES[0])]
 
 
-@bench("classifier-mnist", suites=("full",), description="MLP and CNN on MNIST in <= 5 epochs")
-def mnist() -> list[Row]:
-    return [_run(*c) for c in CASES[1:]]
+@bench("classifier-mnist-mlp", suites=("full",), description="MLP on MNIST in <= 5 epochs (target >= 98%)")
+def mnist_mlp() -> list[Row]:
+    return [_run(*CASES[1])]
+
+
+@bench("classifier-mnist-cnn", suites=("full",), description="CNN on MNIST in <= 5 epochs (target >= 99%)")
+def mnist_cnn() -> list[Row]:
+    return [_run(*CASES[2])]
