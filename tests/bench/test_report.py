@@ -37,8 +37,8 @@ def test_sections_are_rewritten_in_place_and_hand_text_kept(tmp_path, fake_entri
     out.write_text("# Benchmarks\n\n## GPU results (hand-run)\nkeep me\n")
     run_suite("quick", out=out)
     first = out.read_text()
-    assert "keep me" in first and "| speed | 10 steps/s | 5 steps/s (peer) | 2.00x | yes |" in first
-    assert "| time | 2 s | 4 s (peer) | 2.00x | yes |" in first
+    assert "keep me" in first and "| speed | 10 steps/s | 5 steps/s (peer) | 2.000x | yes |" in first
+    assert "| time | 2 s | 4 s (peer) | 2.000x | yes |" in first
     run_suite("quick", out=out, only="fake")        # rewrites 'fake' only
     text = out.read_text()
     assert text.count(markers("fake")[0]) == 1 and text.count(markers("other")[0]) == 1

@@ -44,7 +44,7 @@ def render(entry, suite: str, rows: list[Row], wall_s: float) -> str:
     for r in rows:
         ref = f"{_fmt(r.reference)} {r.unit} ({r.reference_label})" if r.reference is not None else "-"
         met = {True: "yes", False: "**no**", None: "-"}[r.met]
-        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
+        ratio = f"{r.ratio:.3f}x" if r.ratio is not None else "-"
         lines.append(f"| {r.name} | {_fmt(r.ours)} {r.unit} | {ref} | {ratio} | {met} | "
                      f"{_fmt(r.wall_s)} | `{r.command}` | {r.notes} |")
     lines.append(end)
