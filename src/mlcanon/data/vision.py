@@ -95,6 +95,15 @@ def read_idx_gz(path: Path, expect_ndim: int) -> np.ndarray:
     return _read_idx_gz(str(path), expect_ndim, (st.st_size, st.st_mtime_ns))
 
 
+def _train_valid(x: torch.Tensor, y: torch.Tensor, split: str, val_fraction: float):
+    """The official train set minus (``train``) or only (``valid``) the fixed-seed validation carve-out."""
+    if split == "test":
+        check_fraction("val_fraction", val_fraction)
+        return x, y
+    idx = carve(len(x), split, val_fraction)
+    return x[idx], y[idx]
+
+
 def load_mnist_like(name: str, split: str, data_dir=None, val_fraction: float = 0.1) -> ArrayDataset:
     """MNIST / Fashion-MNIST: 60,000 train + 10,000 test 28x28 grey images, 10 classes.
 
@@ -111,11 +120,7 @@ def load_mnist_like(name: str, split: str, data_dir=None, val_fraction: float = 
         raise UserError(f"{name}: {img_file} has {len(images)} images but {lab_file} {len(labels)} labels")
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)  # [N, 1, 28, 28] in [0, 1]
     y = torch.from_numpy(labels.astype(np.int64))
-    if split != "test":
-        idx = carve(len(x), split, val_fraction)
-        x, y = x[idx], y[idx]
-    else:
-        check_fraction("val_fraction", val_fraction)
+    x, y = _train_valid(x, y, split, val_fraction)
     classes = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
     return ArrayDataset(x, y, name=name, split=split, kind="image", num_classes=10, classes=classes)
 
@@ -169,11 +174,7 @@ def load_cifar10(split: str, data_dir=None, val_fraction: float = 0.1) -> ArrayD
     images, labels = _read_cifar10(str(path), (st.st_size, st.st_mtime_ns))["test" if split == "test" else "train"]
     x = torch.from_numpy(images.astype(np.float32) / 255.0)
     y = torch.from_numpy(labels.astype(np.int64))
-    if split != "test":
-        idx = carve(len(x), split, val_fraction)
-        x, y = x[idx], y[idx]
-    else:
-        check_fraction("val_fraction", val_fraction)
+    x, y = _train_valid(x, y, split, val_fraction)
     return ArrayDataset(x, y, name="cifar10", split=split, kind="image", num_classes=10, classes=CIFAR10_CLASSES)
 
 
