@@ -53,3 +53,13 @@ def mnist_mlp() -> list[Row]:
 @bench("classifier-mnist-cnn", suites=("full",), description="CNN on MNIST in <= 5 epochs (target >= 99%)")
 def mnist_cnn() -> list[Row]:
     return [_run(*CASES[2])]
+
+
+@bench("classifier-mnist-gpu", suites=("gpu",), description="MLP and CNN on MNIST on a CUDA GPU, fp32 and bf16")
+def mnist_gpu() -> list[Row]:
+    rows = []
+    for case in CASES[1:]:
+        for precision in ("fp32", "bf16"):
+            name, flags, target = case
+            rows.append(_run(f"{name} cuda {precision}", f"{flags} --device cuda --precision {precision}", target))
+    return rows
