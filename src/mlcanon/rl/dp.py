@@ -332,7 +332,7 @@ def value_iteration_bounds(mdp: MDP, tol: float = 1e-6, max_iter: int = 100_000,
 
     For any V, with D = TV - V:  TV + g/(1-g) min D  <=  V*  <=  TV + g/(1-g) max D, so the midpoint
     V_hat = TV + g/(1-g) (max D + min D)/2 is within g/(1-g) span(D)/2 of V* in sup-norm. We stop once
-    that bound is < tol: V_hat is tol-accurate and the greedy policy 2 tol-optimal. The span of D often
+    that bound is < tol: V_hat is tol-accurate and the policy greedy w.r.t. V 2 tol-optimal. The span of D often
     shrinks much faster than its sup-norm (it contracts at gamma times the mixing rate of P), hence far
     fewer sweeps than the sup-norm rule. Terminal rows act as zero-reward self-loops.
     """
@@ -359,7 +359,9 @@ def value_iteration_bounds(mdp: MDP, tol: float = 1e-6, max_iter: int = 100_000,
         if c * (hi - lo) / 2.0 < tol:                                # g/(1-g) span(TV - V)/2 < tol
             V_hat = TV.astype(np.float64) + c * (hi + lo) / 2.0      # midpoint of the Porteus bounds
             V_hat[term] = 0.0
-            return V_hat, greedy(q_from_v(mdp, V_hat)), it
+            # the greedy policy of V (the one that gave T V) is already 2 tol-optimal under this stopping
+            # rule (Puterman Thm 6.6.6: span(TV - V) < (1-g)/g * eps => eps-optimal), so no extra backup
+            return V_hat, pol, it
         V = TV
         if m > 1:
             P_pi = Pm[idx * A + pol]                                 # rows (s, pi(s)) of P
