@@ -335,6 +335,14 @@ class Run:
         if self.enabled:
             _atomic_write_bytes(self.dir / name, json.dumps(data, indent=2).encode())
 
+    def finish(self, result: dict, *, step: int | None = None, metrics: dict[str, float] | None = None) -> dict:
+        """End a run: log the final ``metrics`` at ``step``, write ``result.json``, close; returns ``result``."""
+        if metrics:
+            self.log(step if step is not None else 0, metrics)
+        self.write_json("result.json", result)
+        self.close()
+        return result
+
     def close(self) -> None:
         if not self.enabled:
             return

@@ -317,8 +317,7 @@ def _train_learner(method: str, config, run=None) -> dict:
     if run.enabled:
         plots.plot_curves_band({method: res.returns}, run.dir / "curves_band.png", ylabel="episode return",
                                smooth=max(1, E // 50))
-    run.write_json("result.json", out)
-    run.close()
+    run.finish(out)
     return {**out, "Q": res.Q, "V": res.V, "result": res}
 
 
@@ -460,8 +459,7 @@ def _train_dp(name: str, config, run=None) -> dict:
     if run.enabled:
         plots.plot_values(V, shape, run.dir / "values.png", title=f"{name}: V*", terminal=mdp.terminal)
         plots.plot_policy(pi, shape, run.dir / "policy.png", V=V, terminal=mdp.terminal, title=f"{name}: pi*")
-    run.write_json("result.json", out)
-    run.close()
+    run.finish(out)
     return {**out, "V": V, "policy": pi}
 
 
@@ -535,6 +533,5 @@ def train_bandit(config, run=None):
     if run.enabled:
         plots.plot_curves_band({config.strategy: cr[:, ::stride]}, run.dir / "regret.png", xlabel="step",
                                ylabel="cumulative regret", x=np.arange(config.steps)[::stride] + 1)
-    run.write_json("result.json", out)
-    run.close()
+    run.finish(out)
     return {**out, "result": res}

@@ -197,9 +197,7 @@ def train(config: ClassifierConfig, run: Run | None = None) -> dict:
         tm = evaluate_tensors(model, test_ds.x, test_ds.targets, loss_fn=loss_fn, metric_fn=_metric_fn,
                               device=device, precision=config.precision)
         out.update({"test_accuracy": tm["accuracy"], "test_loss": tm["loss"]})
-        run.log(result.step, {"test/accuracy": tm["accuracy"], "test/loss": tm["loss"]})
-        run.write_json("result.json", out)
-        run.close()
+        run.finish(out, step=result.step, metrics={"test/accuracy": tm["accuracy"], "test/loss": tm["loss"]})
     out["model"] = model
     return out
 
@@ -215,12 +213,8 @@ def load_model(run_dir: str | Path, tag: str = "best") -> tuple[nn.Module, Class
     model = make_model(config, ds.input_shape, ds.num_classes)
     if config.weight_noise:
         model = WeightNoise(model, config.weight_noise)
-    ck = load_checkpoint(run_dir, tag=tag) or load_checkpoint(run_dir)
-    if ck is None:
-        raise UserError(f"{run_dir} has no checkpoint yet (the run stopped before its first checkpoint)")
-    model.load_state_dict(ck[0]["model"])
-    model.eval()
-    return model, config
+    from mlcanon.supervised.tasks import load_weights
+    return load_weights(model, run_dir, tag), config
 
 
 def evaluate(run_dir: str | Path, split: str = "test", **_) -> dict:

@@ -129,12 +129,11 @@ def train_karate(config: KarateConfig, run: Run | None = None) -> dict:
     result = fit(model, train=(ids, y[ids]), val=None, config=config, run=run, device=device, loss_fn=_ce,
                  metric_fn=_accuracy, resume_state=resume_state)
     m = _karate_metrics(model, y)
-    run.log(result.step, {"test/accuracy": m["accuracy"], "test/accuracy_all_nodes": m["accuracy_all_nodes"]})
     out = {"run_dir": str(run.dir), "step": result.step, "test_accuracy": m["accuracy"],
            "test_accuracy_all_nodes": m["accuracy_all_nodes"], "labelled_nodes": list(LABELLED),
            "predictions": m["pred"].tolist()}
-    run.write_json("result.json", out)
-    run.close()
+    run.finish(out, step=result.step,
+               metrics={"test/accuracy": m["accuracy"], "test/accuracy_all_nodes": m["accuracy_all_nodes"]})
     out["model"] = model
     return out
 
@@ -290,11 +289,9 @@ def train_graphs(config: GraphsConfig, run: Run | None = None) -> dict:
                  loss_fn=_ce, metric_fn=_accuracy, resume_state=resume_state)
     load_weights(model, run.dir).to("cpu")
     tm = evaluate_tensors(model, *data["test"], loss_fn=_ce, metric_fn=_accuracy, device=torch.device("cpu"))
-    run.log(result.step, {"test/accuracy": tm["accuracy"], "test/loss": tm["loss"]})
     out = {"run_dir": str(run.dir), "step": result.step, "epochs": result.epoch,
            "best_val_accuracy": result.best_value, "test_accuracy": tm["accuracy"], "test_loss": tm["loss"]}
-    run.write_json("result.json", out)
-    run.close()
+    run.finish(out, step=result.step, metrics={"test/accuracy": tm["accuracy"], "test/loss": tm["loss"]})
     out["model"] = model
     return out
 

@@ -164,11 +164,9 @@ def train(config: SegmentationConfig, run: Run | None = None) -> dict:
                  resume_state=resume_state)
     load_weights(model, run.dir).to("cpu")
     tm = _evaluate_model(model, data["test"], config)
-    run.log(result.step, {f"test/{k}": v for k, v in tm.items()})
     out = {"run_dir": str(run.dir), "step": result.step, "epochs": result.epoch,
            "best_val_mean_iou": result.best_value, **{f"test_{k}": v for k, v in tm.items()}}
-    run.write_json("result.json", out)
-    run.close()
+    run.finish(out, step=result.step, metrics={f"test/{k}": v for k, v in tm.items()})
     out["model"] = model
     return out
 

@@ -199,11 +199,9 @@ def train(config: Seq2SeqConfig, run: Run | None = None) -> dict:
                  resume_state=resume_state)
     load_weights(model, run.dir).to("cpu")
     em, _ = exact_match(model, *data["test"])
-    run.log(result.step, {"test/exact_match": em})
     out = {"run_dir": str(run.dir), "step": result.step, "epochs": result.epoch,
            "best_val_exact_match": result.best_value, "test_exact_match": em}
-    run.write_json("result.json", out)
-    run.close()
+    run.finish(out, step=result.step, metrics={"test/exact_match": em})
     out["model"] = model
     return out
 

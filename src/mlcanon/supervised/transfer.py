@@ -224,9 +224,7 @@ def train(config: TransferConfig, run: Run | None = None) -> dict:
                                device=torch.device("cpu"))["accuracy"]
         run.log(1 + k, {f"test/{phase}_accuracy": acc})
         out[f"{phase.replace('-', '_')}_accuracy"] = acc
-    run.write_json("result.json", out)
-    run.close()
-    return out
+    return run.finish(out)
 
 
 def _phase_model(run_dir: Path, config: TransferConfig, phase: str, shape) -> nn.Module:
