@@ -1,0 +1,1 @@
+"""Generative models: autoencoders, VAEs, GANs, autoregressive models, flows, diffusion."""

@@ -1,0 +1,1 @@
+"""Evaluation metrics, one trusted implementation each: likelihoods, sample quality, RL statistics."""
