@@ -22,7 +22,7 @@ _MODULES: list[str] = [
     "mlcanon.supervised.graphs",
     "mlcanon.supervised.seq2seq",
     "mlcanon.supervised.transfer",
-    "mlcanon.rl.tabular",
+    "mlcanon.rl.tabular_cli",
 ]
 
 

@@ -10,10 +10,10 @@ from mlcanon.bench import Row, bench
 def q_learning_steps_per_s(num_seeds: int, episodes: int, seed: int = 0) -> tuple[float, float, int]:
     """(aggregate env steps/s, wall seconds, steps) of vectorized Q-learning on mlcanon/GridWorld-v0."""
     from mlcanon.rl import exploration as ex
-    from mlcanon.rl import tabular_methods as tm
+    from mlcanon.rl import tabular_learning as tl
     from mlcanon.rl.envs import mdp_of
 
-    L = tm.Learner("q-learning", mdp_of("mlcanon/GridWorld-v0"), episodes=episodes, num_seeds=num_seeds,
+    L = tl.Learner("q-learning", mdp_of("mlcanon/GridWorld-v0"), episodes=episodes, num_seeds=num_seeds,
                    alpha=0.1, max_steps=100, seed=seed, schedule=ex.ConstantSchedule(0.1))
     t0 = time.perf_counter()
     L.run()

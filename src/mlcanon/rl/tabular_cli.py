@@ -4,7 +4,7 @@ Names: ``value-iteration``, ``policy-iteration``, ``mc``, ``td0``, ``sarsa``, ``
 ``q-learning``, ``nstep-sarsa`` and ``bandit`` (``--strategy epsilon-greedy|ucb|thompson|gradient``).
 Each has a config dataclass and a ``train(config, run=None) -> dict``; ``evaluate(run_dir)`` and
 ``sample(run_dir, n, out)`` are the ``mlcanon eval`` / ``mlcanon sample`` hooks. The math lives in
-:mod:`mlcanon.rl.dp`, :mod:`mlcanon.rl.tabular_methods` and :mod:`mlcanon.rl.bandits`.
+:mod:`mlcanon.rl.dp`, :mod:`mlcanon.rl.tabular_learning` and :mod:`mlcanon.rl.bandits`.
 
 Run folder extras: ``curves_band.png`` (episode return, mean and 95% band over seeds), ``epsilon.png``,
 ``values.png``, ``policy.png`` and ``result.json`` (final greedy return, DP optimum, gap). Resuming
@@ -26,7 +26,7 @@ from mlcanon.errors import UserError
 from mlcanon.registry import algorithm_of_run, register
 from mlcanon.rl import bandits as bd
 from mlcanon.rl import exploration as ex
-from mlcanon.rl import tabular_methods as tm
+from mlcanon.rl import tabular_learning as tl
 
 ENV_HELP = "environment id: mlcanon/GridWorld-v0, FrozenLake-v1, CliffWalking-v1, ... (Discrete spaces)"
 
@@ -206,7 +206,7 @@ def _every(n: int, total: int, parts: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------ learners
-def _make_learner(method: str, config) -> tm.Learner:
+def _make_learner(method: str, config) -> tl.Learner:
     kw = {"episodes": config.episodes, "num_seeds": config.num_seeds, "alpha": config.alpha, "gamma": config.gamma,
               "max_steps": config.max_steps, "seed": config.seed}
     if method == "td0":
@@ -217,7 +217,7 @@ def _make_learner(method: str, config) -> tm.Learner:
                 raise UserError(f"--policy optimal needs an env with a model that DP can solve; {config.env} "
                                 "has none. Use --policy random")
             policy = pi
-        return tm.Learner("td0", config.env if _mdp(config.env, None) is None else _mdp(config.env, None),
+        return tl.Learner("td0", config.env if _mdp(config.env, None) is None else _mdp(config.env, None),
                           policy=policy, **kw)
     kw["schedule"] = config.schedule
     if method == "nstep-sarsa":
@@ -225,7 +225,7 @@ def _make_learner(method: str, config) -> tm.Learner:
     if method == "mc":
         kw.update(first_visit=config.first_visit, exploring_starts=config.exploring_starts)
     mdp = _mdp(config.env, None)
-    return tm.Learner(method, mdp if mdp is not None else config.env, **kw)
+    return tl.Learner(method, mdp if mdp is not None else config.env, **kw)
 
 
 def _train_learner(method: str, config, run=None) -> dict:
@@ -255,7 +255,7 @@ def _train_learner(method: str, config, run=None) -> dict:
     def greedy_value():
         if mdp is None:
             return None
-        V = tm.policy_value(mdp, tm.greedy_policy(learner.Q), config.max_steps)   # [N, S]
+        V = tl.policy_value(mdp, tl.greedy_policy(learner.Q), config.max_steps)   # [N, S]
         return V @ mdp.start                                                       # per seed
 
     def metrics_at(e: int) -> dict:
@@ -311,7 +311,7 @@ def _train_learner(method: str, config, run=None) -> dict:
             term = mdp.terminal if mdp is not None else None
             plots.plot_values(Q0.max(1), shape, run.dir / "values.png", title=f"{method}: max_a Q (seed 0)",
                               terminal=term)
-            plots.plot_policy(tm.greedy_policy(Q0), shape, run.dir / "policy.png", V=Q0.max(1), terminal=term,
+            plots.plot_policy(tl.greedy_policy(Q0), shape, run.dir / "policy.png", V=Q0.max(1), terminal=term,
                               title=f"{method}: greedy policy (seed 0)")
             _epsilon_plot(res.epsilon, run.dir / "epsilon.png")
     if run.enabled:
@@ -335,7 +335,7 @@ def _greedy_returns(env, policy: np.ndarray, episodes: int, max_steps: int, seed
     mdp = _mdp(env, None)
     pol = np.repeat(np.atleast_2d(policy), episodes, axis=0)
     M = pol.shape[0]
-    sim = tm.MDPSim(mdp, M) if mdp is not None else tm.GymSim(env, M, seed)
+    sim = tl.MDPSim(mdp, M) if mdp is not None else tl.GymSim(env, M, seed)
     rng = np.random.default_rng(seed + 1)
     s = sim.reset(np.arange(M), rng.random(M))
     G = np.zeros(M)
@@ -357,7 +357,7 @@ def _evaluate_learner(run_dir, episodes: int = 100) -> dict:
                         f"{algo.name} predicts values - see result.json")
     Q = state["learner"]["Q"]
     mdp = _mdp(config.env, None)
-    pol = tm.greedy_policy(Q if mdp is not None else Q[:1])          # model-free: seed 0 only (real envs)
+    pol = tl.greedy_policy(Q if mdp is not None else Q[:1])          # model-free: seed 0 only (real envs)
     G = _greedy_returns(config.env, pol, episodes, config.max_steps, config.seed)
     mean, half = _ci95(G)
     out = {"eval/return_mean": mean, "eval/return_ci95": half, "episodes": len(G)}
@@ -382,7 +382,7 @@ def _sample_tabular(run_dir, n: int = 64, out=None) -> Path:
             S = len(V)
             plots.plot_values(V, _shape(config.env, S), out, title=f"{algo.name}: V (mean over seeds)")
             return out
-        pi, V = tm.greedy_policy(Q), Q.max(1)
+        pi, V = tl.greedy_policy(Q), Q.max(1)
     else:
         pi, V = np.asarray(state["policy"]), np.asarray(state["V"])
     shape = _shape(config.env, len(V))

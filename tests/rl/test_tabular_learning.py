@@ -7,7 +7,7 @@ import pytest
 from mlcanon.errors import UserError
 from mlcanon.rl import dp
 from mlcanon.rl import exploration as ex
-from mlcanon.rl import tabular_methods as tm
+from mlcanon.rl import tabular_learning as tl
 from mlcanon.rl.envs import mdp_of
 from mlcanon.rl.mdp import MDP
 
@@ -25,13 +25,13 @@ def lake():
 def start_gaps(mdp, Q):
     """start . (V* - V^pi) for each seed's greedy policy, V^pi by DP policy evaluation."""
     V_star, _ = dp.value_iteration(mdp)
-    return np.array([mdp.start @ (V_star - dp.policy_evaluation(mdp, pi)) for pi in tm.greedy_policy(Q)])
+    return np.array([mdp.start @ (V_star - dp.policy_evaluation(mdp, pi)) for pi in tl.greedy_policy(Q)])
 
 
 @pytest.mark.parametrize("method", ["q-learning", "sarsa", "expected-sarsa", "nstep-sarsa", "mc"])
 def test_control_reaches_optimal_policy_on_gridworld(grid, method):
     alpha = None if method == "mc" else 0.3
-    L = tm.Learner(method, grid, episodes=300, num_seeds=10, alpha=alpha, max_steps=100, n=3, seed=0,
+    L = tl.Learner(method, grid, episodes=300, num_seeds=10, alpha=alpha, max_steps=100, n=3, seed=0,
                    schedule=ex.LinearSchedule(1.0, 0.05, 150)).run()
     gaps = start_gaps(grid, L.Q)
     assert gaps.mean() < 0.01 and np.median(gaps) < 1e-9, gaps
@@ -39,7 +39,7 @@ def test_control_reaches_optimal_policy_on_gridworld(grid, method):
 
 @pytest.mark.parametrize("method", ["q-learning", "sarsa"])
 def test_control_reaches_optimal_policy_on_frozenlake(lake, method):
-    L = tm.Learner(method, lake, episodes=400, num_seeds=10, alpha=0.5, max_steps=100, seed=1,
+    L = tl.Learner(method, lake, episodes=400, num_seeds=10, alpha=0.5, max_steps=100, seed=1,
                    schedule=ex.LinearSchedule(1.0, 0.05, 200)).run()
     V_star, _ = dp.value_iteration(lake)
     gaps = start_gaps(lake, L.Q)
@@ -61,11 +61,11 @@ def test_cliffwalking_sarsa_safe_q_learning_optimal():
     mdp = mdp_of("CliffWalking-v1")
     kw = {"episodes": 500, "num_seeds": 5, "alpha": 0.5, "max_steps": 300, "seed": 0,
           "schedule": ex.ConstantSchedule(0.1)}
-    q = tm.Learner("q-learning", mdp, **kw).run()
-    s = tm.Learner("sarsa", mdp, **kw).run()
+    q = tl.Learner("q-learning", mdp, **kw).run()
+    s = tl.Learner("sarsa", mdp, **kw).run()
     for n in range(5):
-        q_len, q_rows = greedy_path(mdp, tm.greedy_policy(q.Q[n]), (4, 12))
-        s_len, s_rows = greedy_path(mdp, tm.greedy_policy(s.Q[n]), (4, 12))
+        q_len, q_rows = greedy_path(mdp, tl.greedy_policy(q.Q[n]), (4, 12))
+        s_len, s_rows = greedy_path(mdp, tl.greedy_policy(s.Q[n]), (4, 12))
         assert q_len == 13 and min(q_rows[1:-1]) == 2      # the optimal path along the cliff edge
         assert s_len > 13 and min(s_rows) < 2              # SARSA's safe path keeps away from the edge
         assert mdp.terminal[int(np.argmax(mdp.start)) + 11]  # (the goal is 11 cells right of the start)
@@ -94,7 +94,7 @@ def test_prediction_converges_to_dp_values(method, kw):
     pi = np.full((7, 2), 0.5)
     V_pi = dp.policy_evaluation(mdp, pi)
     np.testing.assert_allclose(V_pi, np.r_[0, 1, 2, 3, 4, 5, 0] / 6, atol=1e-8)   # the closed form
-    L = tm.Learner(method, mdp, episodes=400, num_seeds=10, max_steps=1000, seed=2, policy=pi, **kw).run()
+    L = tl.Learner(method, mdp, episodes=400, num_seeds=10, max_steps=1000, seed=2, policy=pi, **kw).run()
     err = np.abs(L.V.mean(0) - V_pi)
     assert err.max() < 0.04, err
     assert np.abs(L.V - V_pi).max(1).mean() < 0.12
@@ -104,7 +104,7 @@ def test_truncation_bootstraps(grid):
     # one-step episodes from every state: only a bootstrapped target can propagate the goal's value
     V_star, _ = dp.value_iteration(grid)
     Q_star = dp.q_from_v(grid, V_star)
-    L = tm.Learner("q-learning", grid, episodes=4000, num_seeds=4, alpha=0.5, max_steps=1, seed=3,
+    L = tl.Learner("q-learning", grid, episodes=4000, num_seeds=4, alpha=0.5, max_steps=1, seed=3,
                    schedule=ex.ConstantSchedule(1.0)).run()
     live = ~grid.terminal
     np.testing.assert_allclose(L.Q[:, live], np.broadcast_to(Q_star[live], L.Q[:, live].shape), atol=1e-3)
@@ -114,7 +114,7 @@ def test_vectorized_equals_per_seed_reference_loop():
     mdp = mdp_of("mlcanon/GridWorld-v0", gamma=0.9, slip=0.2)
     N, E, alpha, M, seed = 3, 6, 0.5, 20, 7
     sched = ex.LinearSchedule(1.0, 0.1, 4)
-    L = tm.Learner("q-learning", mdp, episodes=E, num_seeds=N, alpha=alpha, max_steps=M, seed=seed,
+    L = tl.Learner("q-learning", mdp, episodes=E, num_seeds=N, alpha=alpha, max_steps=M, seed=seed,
                    schedule=sched).run()
     # the reference: plain Python per seed, consuming the same random stream
     S, A = mdp.R.shape
@@ -162,9 +162,9 @@ def test_vectorized_equals_per_seed_reference_loop():
 def test_same_seed_same_result_and_state_roundtrip(grid, method):
     kw = {"episodes": 40, "num_seeds": 4, "alpha": 0.2 if method != "mc" else None, "max_steps": 50,
           "seed": 5, "n": 2, "schedule": ex.ExponentialSchedule(1.0, 0.05, 0.9)}
-    a = tm.Learner(method, grid, **kw).run()
-    b = tm.Learner(method, grid, **kw).run(until=15)
-    c = tm.Learner(method, grid, **kw)
+    a = tl.Learner(method, grid, **kw).run()
+    b = tl.Learner(method, grid, **kw).run(until=15)
+    c = tl.Learner(method, grid, **kw)
     c.load_state_dict(b.state_dict())                    # a checkpoint taken mid-run, loaded into a fresh one
     c.run()
     for x in (a, c):
@@ -172,7 +172,7 @@ def test_same_seed_same_result_and_state_roundtrip(grid, method):
         np.testing.assert_array_equal(res.Q if res.Q is not None else res.V,
                                       a.Q if method != "td0" else a.V)
         np.testing.assert_array_equal(res.returns, a.returns)
-    assert not np.array_equal(a.returns, tm.Learner(method, grid, **{**kw, "seed": 6}).run().returns)
+    assert not np.array_equal(a.returns, tl.Learner(method, grid, **{**kw, "seed": 6}).run().returns)
 
 
 def test_gym_env_without_model_is_stepped(monkeypatch):
@@ -183,16 +183,16 @@ def test_gym_env_without_model_is_stepped(monkeypatch):
     monkeypatch.setattr(envs, "mdp_of", no_model)
     import gymnasium as gym
     env = gym.make("FrozenLake-v1", is_slippery=False)
-    L = tm.Learner("q-learning", env, episodes=300, num_seeds=1, alpha=0.5, max_steps=100,
+    L = tl.Learner("q-learning", env, episodes=300, num_seeds=1, alpha=0.5, max_steps=100,
                    seed=0, schedule=ex.LinearSchedule(1.0, 0.05, 150)).run()
-    assert isinstance(L.sim, tm.GymSim)
+    assert isinstance(L.sim, tl.GymSim)
     assert L.returns[0, -50:].mean() > 0.8                # random play scores ~0.015
 
 
 def test_bad_input(grid):
     with pytest.raises(UserError, match="unknown tabular method"):
-        tm.Learner("dqn", grid, episodes=1)
+        tl.Learner("dqn", grid, episodes=1)
     with pytest.raises(UserError, match="alpha"):
-        tm.Learner("q-learning", grid, episodes=1, alpha=1.5)
+        tl.Learner("q-learning", grid, episodes=1, alpha=1.5)
     with pytest.raises(UserError, match="Discrete"):
-        tm.Learner("q-learning", "CartPole-v1", episodes=1)
+        tl.Learner("q-learning", "CartPole-v1", episodes=1)
