@@ -50,11 +50,12 @@ def q_from_v(mdp: MDP, V: np.ndarray) -> np.ndarray:
 
 
 def greedy(Q: np.ndarray) -> np.ndarray:
-    """pi(s) = argmax_a Q(s,a) as int [S], ties broken to the lowest action index."""
+    """pi(s) = argmax_a Q(s,a) as int [S] (or [..., S] for Q [..., S, A], e.g. one table per seed), ties broken
+    to the lowest action index: the one deterministic greedy policy of the package."""
     Q = np.asarray(Q)
-    if Q.ndim != 2:
-        raise UserError(f"greedy expects Q of shape [S, A], got {Q.shape}")
-    return np.argmax(Q, axis=1).astype(np.int64)     # np.argmax returns the first maximizer
+    if Q.ndim < 2:
+        raise ValueError(f"greedy expects Q of shape [..., S, A], got {Q.shape}")
+    return np.argmax(Q, axis=-1).astype(np.int64)    # np.argmax returns the first maximizer
 
 
 def bellman_optimality(mdp: MDP, V: np.ndarray) -> np.ndarray:
