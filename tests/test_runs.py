@@ -80,5 +80,5 @@ def test_run_folder_naming_logging_and_truncation(tmp_path):
     r1.close()
     assert (r1.dir / "curves.png").stat().st_size > 1000
     assert list(r1.dir.glob("events.out.tfevents.*"))
-    r3, _, step = runs.Run.reopen(r1.dir)
+    r3, step = runs.Run.reopen(r1.dir)
     assert step == 3 and [m["step"] for m in r3.read_metrics()] == [1, 2, 3]

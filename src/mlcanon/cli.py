@@ -11,63 +11,22 @@ import argparse
 import dataclasses
 import json
 import sys
-import typing
 from pathlib import Path
 
+from mlcanon import config as cfg
+from mlcanon import registry
+from mlcanon.bench.report import run_suite
 from mlcanon.errors import UserError
+from mlcanon.runs import Run, read_config
 
 BENCH_SUITES = ("quick", "full", "gpu")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UserError (one clear line) instead of printing usage and exiting."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        raise UserError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+_Parser = cfg.FlagParser
+_flag = cfg.flag
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def config_parser(algo) -> argparse.ArgumentParser:
-    """A parser with one flag per config field; unset flags are absent from the namespace."""
-    from mlcanon import config as cfg
-
-    p = _Parser(prog=f"mlcanon train {algo.name}", description=algo.description,
-                argument_default=argparse.SUPPRESS)
-    hints = typing.get_type_hints(algo.config_cls)
-    for f in cfg.fields(algo.config_cls):
-        inner, _ = cfg.base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f.metadata.get("help", "")
-        choices = f.metadata.get("choices")
-        if choices:
-            help_text += f" {{{', '.join(map(str, choices))}}}"
-        help_text += f" (default: {default})"
-        kw = {"help": help_text.replace("%", "%%"), "metavar": f.name.upper() if inner is not bool else "BOOL",
-              "dest": f.name}
-        if inner is bool:
-            kw["nargs"] = "?"
-            kw["const"] = "true"
-        p.add_argument(_flag(f.name), type=str, **kw)
-    return p
-
-
-def build_config(algo, args: list[str], config_file: str | None = None):
-    """Config from defaults, then ``--config FILE``, then flags; validated."""
-    from mlcanon import config as cfg
-
-    if any(a in ("-h", "--help") for a in args):
-        config_parser(algo).print_help()
-        raise SystemExit(0)
-    ns = vars(config_parser(algo).parse_args(args))
-    base = cfg.load_file(algo.config_cls, config_file) if config_file else algo.config_cls()
-    hints = typing.get_type_hints(algo.config_cls)
-    changes = {k: cfg.parse_value(hints[k], v, k) for k, v in ns.items()}
-    config = dataclasses.replace(base, **changes)
-    cfg.validate(config)
-    return config
+build_config = cfg.build_config
 
 
 def _print_result(result: dict) -> None:
@@ -81,7 +40,6 @@ def _print_result(result: dict) -> None:
 
 
 def cmd_list(ns) -> int:
-    from mlcanon import registry
     algos = registry.all_algorithms()
     if ns.family:
         algos = [a for a in algos if a.family == ns.family]
@@ -90,15 +48,16 @@ def cmd_list(ns) -> int:
     width = max(len(a.name) for a in algos)
     fam_w = max(len(a.family) for a in algos)
     for a in algos:
-        print(f"{a.name:<{width}}  {a.family:<{fam_w}}  {a.description}")
-    return 0
+        missing = f"  [needs: {a.install_hint()}]" if a.missing() else ""
+        print(f"{a.name:<{width}}  {a.family:<{fam_w}}  {a.description}{missing}")
+    errors = registry.import_errors()
+    for mod, err in errors.items():
+        print(f"mlcanon: error: module {mod} failed to import ({err}); its algorithms are missing above",
+              file=sys.stderr)
+    return 1 if errors else 0
 
 
 def cmd_train(ns, rest: list[str]) -> int:
-    from mlcanon import config as cfg
-    from mlcanon import registry
-    from mlcanon.runs import Run, read_config
-
     if ns.resume:
         data = read_config(ns.resume)
         algo = registry.get(data["algorithm"])
@@ -113,7 +72,7 @@ def cmd_train(ns, rest: list[str]) -> int:
                 raise UserError(f"--resume continues the run with its saved config; remove "
                                 f"{', '.join(_flag(c) for c in changed)}")
             config = dataclasses.replace(config, progress=changes.progress)
-        run, _, step = Run.reopen(ns.resume)
+        run, step = Run.reopen(ns.resume)
         print(f"resuming {algo.name} in {run.dir} from step {step}", file=sys.stderr)
         result = algo.train(config, run)
     else:
@@ -126,38 +85,46 @@ def cmd_train(ns, rest: list[str]) -> int:
     return 0
 
 
+def _options(algo, kind: str, rest: list[str], run_dir: str):
+    cls = algo.eval_options if kind == "eval" else algo.sample_options
+    extra = " [-n N] [--out FILE]" if kind == "sample" else ""
+    prog = f"mlcanon {kind} {run_dir}"
+    if any(a in ("-h", "--help") for a in rest):
+        print(f"usage: mlcanon {kind} RUN_DIR{extra} [--OPTION VALUE ...]\n\n{algo.name} {kind} options:")
+        cfg.flag_parser(cls, prog).print_help()
+        raise SystemExit(0)
+    return cfg.from_flags(cls, rest, prog=prog, print_help=False)
+
+
 def cmd_eval(ns, rest: list[str]) -> int:
-    from mlcanon import registry
     algo, _ = registry.algorithm_of_run(ns.run_dir)
     if algo.evaluate is None:
         raise UserError(f"{algo.name} has no evaluation yet")
-    kw = {}
-    if ns.episodes is not None:
-        kw["episodes"] = ns.episodes
-    if ns.split is not None:
-        kw["split"] = ns.split
-    metrics = algo.evaluate(Path(ns.run_dir), **kw)
+    options = _options(algo, "eval", rest, ns.run_dir)
+    metrics = algo.evaluate(Path(ns.run_dir), options)
     text = json.dumps(metrics, indent=2, default=float)
-    (Path(ns.run_dir) / "eval.json").write_text(text)
+    Run(Path(ns.run_dir)).write_json("eval.json", json.loads(text))
     for k, v in metrics.items():
         print(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
     return 0
 
 
 def cmd_sample(ns, rest: list[str]) -> int:
-    from mlcanon import registry
     algo, _ = registry.algorithm_of_run(ns.run_dir)
     if algo.sample is None:
         raise UserError(f"{algo.name} has no sampler yet")
     if ns.n < 1:
         raise UserError(f"-n must be >= 1, got {ns.n}")
-    out = algo.sample(Path(ns.run_dir), ns.n, Path(ns.out) if ns.out else None)
+    options = _options(algo, "sample", rest, ns.run_dir)
+    out = Path(ns.out) if ns.out else None
+    if out is not None and not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist; create it or pick another path")
+    out = algo.sample(Path(ns.run_dir), ns.n, out, options)
     print(f"wrote {out}")
     return 0
 
 
 def cmd_bench(ns, rest: list[str]) -> int:
-    from mlcanon.bench.report import run_suite
     run_suite(ns.suite, out=ns.out, only=ns.only)
     return 0
 
@@ -172,11 +139,10 @@ def make_parser() -> argparse.ArgumentParser:
     tp.add_argument("name", nargs="?", default=None, help="algorithm name (see `mlcanon list`)")
     tp.add_argument("--config", default=None, help="a .toml or .json file of config fields")
     tp.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
-    ep = sub.add_parser("eval", help="evaluate a trained run")
+    ep = sub.add_parser("eval", help="evaluate a trained run (`mlcanon eval RUN_DIR --help`: its options)",
+                        add_help=False)
     ep.add_argument("run_dir")
-    ep.add_argument("--episodes", type=int, default=None, help="RL: episodes to average over")
-    ep.add_argument("--split", default=None, help="supervised: test or valid")
-    sp = sub.add_parser("sample", help="samples / predictions / rollouts from a trained run")
+    sp = sub.add_parser("sample", help="samples / predictions / rollouts from a trained run", add_help=False)
     sp.add_argument("run_dir")
     sp.add_argument("-n", type=int, default=64, help="how many samples")
     sp.add_argument("--out", default=None, help="output file (default: RUN_DIR/samples.png)")
@@ -209,8 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             known, others = head.parse_known_args(rest)
             known.name = name
             return cmd_train(known, others)
+        if argv and argv[0] in ("eval", "sample") and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+            print(f"usage: mlcanon {argv[0]} RUN_DIR [--OPTION VALUE ...]\n"
+                  f"`mlcanon {argv[0]} RUN_DIR --help` lists the options of that run's algorithm.")
+            return 0
         ns, rest = parser.parse_known_args(argv)
-        if rest:
+        if rest and ns.command not in ("eval", "sample"):
             raise UserError(f"mlcanon {ns.command or ''}: unrecognized arguments: {' '.join(rest)}")
         if ns.command is None:
             parser.print_help()

@@ -8,6 +8,7 @@ optionally, the allowed choices. ``validate(config)`` checks types, choices and 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import types
@@ -192,3 +193,58 @@ def replace(config, **changes):
     new = dataclasses.replace(config, **changes)
     validate(new)
     return new
+
+
+# ------------------------------------------------------------------------------------ flags <-> fields
+class FlagParser(argparse.ArgumentParser):
+    """argparse that raises UserError (one clear line) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UserError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def flag_parser(cls, prog: str, description: str = "") -> argparse.ArgumentParser:
+    """A parser with one flag per field of the dataclass ``cls``; unset flags are absent from the namespace."""
+    p = FlagParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    hints = _resolve_types(cls)
+    for f in fields(cls):
+        inner, _ = base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        if choices:
+            help_text += f" {{{', '.join(map(str, choices))}}}"
+        help_text += f" (default: {default})"
+        kw = {"help": help_text.replace("%", "%%"), "metavar": f.name.upper() if inner is not bool else "BOOL",
+              "dest": f.name}
+        if inner is bool:
+            kw["nargs"] = "?"
+            kw["const"] = "true"
+        p.add_argument(flag(f.name), type=str, **kw)
+    return p
+
+
+def from_flags(cls, args: list[str], *, prog: str, description: str = "", config_file: str | None = None,
+               print_help: bool = True):
+    """Defaults, then ``--config FILE`` (training configs), then flags; validated. ``--help`` prints them."""
+    parser = flag_parser(cls, prog, description)
+    if print_help and any(a in ("-h", "--help") for a in args):
+        parser.print_help()
+        raise SystemExit(0)
+    ns = vars(parser.parse_args(args))
+    base = load_file(cls, config_file) if config_file else cls()
+    hints = _resolve_types(cls)
+    changes = {k: parse_value(hints[k], v, k) for k, v in ns.items()}
+    config = dataclasses.replace(base, **changes)
+    validate(config)
+    return config
+
+
+def build_config(algo, args: list[str], config_file: str | None = None):
+    """An algorithm's config from defaults, then ``--config FILE``, then flags; validated."""
+    return from_flags(algo.config_cls, args, prog=f"mlcanon train {algo.name}", description=algo.description,
+                      config_file=config_file)

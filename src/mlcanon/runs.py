@@ -95,12 +95,31 @@ def decode(skel: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):   # left by a write that was killed
+        try:
+            pid = int(stale.name.rsplit("-", 1)[1])
+        except ValueError:
+            pid = -1
+        if pid != os.getpid() and not _alive(pid):
+            stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def save_checkpoint(directory: str | Path, obj: dict, *, tag: str = "checkpoint", step: int = 0) -> Path:
@@ -122,24 +141,69 @@ def save_checkpoint(directory: str | Path, obj: dict, *, tag: str = "checkpoint"
 
 def load_checkpoint(directory: str | Path, *, tag: str = "checkpoint") -> tuple[dict, int] | None:
     """Read a checkpoint written by :func:`save_checkpoint`; ``None`` when there is none yet."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     directory = Path(directory)
     st_path = directory / f"{tag}.safetensors"
     if not st_path.exists():
         return None
-    with safe_open(str(st_path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "mlcanon" not in meta:
-        raise UserError(f"{st_path} is not an mlcanon checkpoint (no mlcanon metadata)")
-    header = json.loads(meta["mlcanon"])
+    header = _read_header(st_path)
     if header.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{st_path} was written by mlcanon {header.get('mlcanon')} in checkpoint format "
                         f"{header.get('format')}; this mlcanon ({mlcanon.__version__}) reads format "
                         f"{CHECKPOINT_FORMAT}. Install the matching mlcanon version to load it.")
-    tensors = load_file(str(st_path))
-    return decode(header["state"], tensors), int(header["step"])
+    try:
+        tensors = load_file(str(st_path))
+        return decode(header["state"], tensors), int(header["step"])
+    except (OSError, KeyError, RuntimeError, ValueError) as e:   # the safetensors reader raises these on damage
+        raise UserError(_damaged(st_path, e)) from None
+
+
+def _damaged(path: Path, err: Exception) -> str:
+    fix = ("delete it and resume from the last checkpoint (`mlcanon train --resume RUN_DIR`)" if path.stem == "best"
+           else "delete it to restart the run from scratch, or restore it from a backup")
+    return f"{path} is damaged or not a checkpoint ({type(err).__name__}: {str(err)[:80]}); {fix}"
+
+
+def _read_header(st_path: Path) -> dict:
+    """The JSON header of a checkpoint (cheap: the safetensors metadata only)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(st_path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise UserError(_damaged(st_path, e)) from None
+    if "mlcanon" not in meta:
+        raise UserError(f"{st_path} is not an mlcanon checkpoint (no mlcanon metadata)")
+    try:
+        header = json.loads(meta["mlcanon"])
+    except json.JSONDecodeError as e:
+        raise UserError(_damaged(st_path, e)) from None
+    if not isinstance(header, dict) or "state" not in header or "step" not in header:
+        raise UserError(_damaged(st_path, ValueError("header without state/step")))
+    return header
+
+
+def checkpoint_step(directory: str | Path, *, tag: str = "checkpoint") -> int:
+    """The step of a run's last checkpoint (0 when there is none), read from its header only."""
+    st_path = Path(directory) / f"{tag}.safetensors"
+    if not st_path.exists():
+        return 0
+    return int(_read_header(st_path)["step"])
+
+
+def load_weights(model: torch.nn.Module, run_dir: str | Path, tag: str = "best", key: str = "model"
+                 ) -> torch.nn.Module:
+    """Load the ``best`` (else the last) checkpoint's ``key`` weights into ``model``; eval mode."""
+    ck = load_checkpoint(run_dir, tag=tag) or load_checkpoint(run_dir)
+    if ck is None:
+        raise UserError(f"{run_dir} has no checkpoint yet (the run stopped before its first checkpoint); "
+                        f"continue it with `mlcanon train --resume {run_dir}`")
+    if key not in ck[0]:
+        raise UserError(f"{run_dir}: its checkpoint has no {key!r} weights; it was written by another version")
+    model.load_state_dict(ck[0][key])
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------------------- RNG state
@@ -213,9 +277,14 @@ def read_config(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.json)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: corrupt config.json ({e})") from None
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: corrupt config.json ({e}); it must be the JSON object mlcanon wrote") from None
+    if not isinstance(data, dict) or not isinstance(data.get("algorithm"), str) \
+            or not isinstance(data.get("config"), dict):
+        raise UserError(f"{path}: not an mlcanon run config (expected a JSON object with 'algorithm' and "
+                        "'config'); was it edited by hand?")
+    return data
 
 
 def environment_info(device: str | None = None) -> dict:
@@ -233,8 +302,13 @@ class Run:
     """A run folder being written. Only rank 0 of a distributed job writes (``enabled=False`` elsewhere)."""
 
     def __init__(self, directory: Path, *, enabled: bool = True):
+        from mlcanon.devices import DistInfo
+
         self.dir = Path(directory)
         self.enabled = enabled
+        self.device = torch.device("cpu")
+        self.dist = DistInfo()
+        self.resume_state: dict | None = None     # the checkpoint read by Run.start on --resume
         self._tb = None
         self._purge_step: int | None = None
         self._metrics_file = None
@@ -255,15 +329,36 @@ class Run:
         return run
 
     @classmethod
-    def reopen(cls, run_dir: str | Path, *, enabled: bool = True) -> tuple[Run, dict | None, int]:
-        """Reopen for resume: returns (run, checkpoint state or None, step). Truncates metrics past step."""
+    def start(cls, algorithm: str, config, run: Run | None = None) -> Run:
+        """Every algorithm's first line: resolve the device, join torchrun's process group, seed, and open
+        the run folder - a new one, or the one ``--resume`` reopened (whose checkpoint is read here, once,
+        into ``run.resume_state``). Only rank 0 writes."""
+        from mlcanon.devices import device_for_rank, init_distributed, resolve_device
+
+        device = resolve_device(config.device)
+        dist = init_distributed(device)
+        device = device_for_rank(device, dist)
+        if run is None:
+            run = cls.create(algorithm, config, enabled=dist.is_main, device=str(device))
+            run.log_hparams(config)
+        else:
+            loaded = load_checkpoint(run.dir)
+            run.resume_state = loaded[0] if loaded else None
+            run.enabled = run.enabled and dist.is_main
+        run.device, run.dist = device, dist
+        seed_everything(config.seed)
+        return run
+
+    @classmethod
+    def reopen(cls, run_dir: str | Path, *, enabled: bool = True) -> tuple[Run, int]:
+        """Reopen for resume: (run, step of its last checkpoint). Truncates metrics past that step; the
+        checkpoint itself is read by :meth:`start`."""
         run = cls(Path(run_dir), enabled=enabled)
-        loaded = load_checkpoint(run.dir)
-        state, step = (loaded if loaded else (None, 0))
+        step = checkpoint_step(run.dir)
         if enabled:
             run.truncate_metrics(step)
             run._purge_step = step + 1
-        return run, state, step
+        return run, step
 
     # -- metrics -----------------------------------------------------------------------------------
     @property

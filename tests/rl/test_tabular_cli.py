@@ -68,7 +68,7 @@ def test_resume_equals_uninterrupted(tmp_runs, monkeypatch):
         algo.train(cfg)
     monkeypatch.setattr(Run, "save", real_save)
     (run_dir,) = list((tmp_runs / "b").iterdir())
-    run, _, step = Run.reopen(run_dir)
+    run, step = Run.reopen(run_dir)
     assert step == 20
     _, cfg2 = registry.algorithm_of_run(run_dir)
     assert to_dict(cfg2) == to_dict(cfg)

@@ -127,8 +127,13 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path):
 
 def test_ddp_two_gloo_processes_equal_single_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["train", "classifier", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--batch-size",
-              "64", "--seed", "5", "--progress", "false", "--optimizer", "sgd", "--lr", "0.1"]
+    # 4 SGD steps on 256 examples: the two runs differ only in the order floats are summed (each rank sums its
+    # half of the batch, then all-reduce adds the halves), an O(n eps_32 |g|) ~ 1e-7 relative difference per
+    # step; after 4 steps at lr 0.1 that stays far below rtol 1e-4 / atol 1e-5 on any CPU, while a wrong
+    # gradient scale (e.g. a sum instead of a mean over ranks) moves weights by ~1e-2.
+    common = ["train", "classifier", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--batch-size",
+              "64", "--train-subset", "256", "--seed", "5", "--progress", "false", "--optimizer", "sgd",
+              "--lr", "0.1"]
     single, multi = tmp_path / "single", tmp_path / "multi"
     subprocess.run([sys.executable, "-m", "mlcanon", *common, "--out-dir", str(single)], check=True, env=env,
                    capture_output=True)

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlcanon.errors import UserError
 from mlcanon.supervised.gradcam import default_target_layer, grad_cam
 
 
@@ -38,9 +37,9 @@ def test_grad_cam_equals_cam_for_gap_linear_head():
 
 
 def test_grad_cam_bad_class_is_a_user_error():
-    with pytest.raises(UserError, match="class_idx"):
+    with pytest.raises(ValueError, match="class_idx"):
         grad_cam(GapNet(), torch.rand(2, 1, 8, 8), class_idx=5)
-    with pytest.raises(UserError, match="convolutional"):
+    with pytest.raises(ValueError, match="convolutional"):
         grad_cam(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), torch.rand(2, 1, 8, 8))
 
 
@@ -88,14 +87,17 @@ def test_grad_cam_puts_the_heat_on_the_deciding_patch():
 
 def test_save_overlays_on_a_classifier_run(tmp_runs):
     from mlcanon.cli import build_config, main
-    from mlcanon.registry import get
+    from mlcanon.data import load
+    from mlcanon.registry import get, load_run
     from mlcanon.supervised.gradcam import save_overlays
 
     c = build_config(get("classifier"), ["--dataset", "digits", "--model", "cnn", "--width", "32", "--depth", "1",
                                          "--epochs", "1", "--out-dir", str(tmp_runs), "--progress", "false"])
     run_dir = get("classifier").train(c)["run_dir"]
-    out = save_overlays(run_dir, 6, tmp_runs / "cam.png")
+    model = load_run(run_dir).model
+    ds = load("digits", "test")
+    out = save_overlays(model, ds.x[:6], ds.targets[:6], tmp_runs / "cam.png")
     assert out.exists() and out.stat().st_size > 1000
-    with pytest.raises(UserError):
-        save_overlays(run_dir, 0)
+    with pytest.raises(ValueError):
+        save_overlays(model, ds.x[:0], ds.targets[:0], tmp_runs / "none.png")
     assert main(["eval", run_dir]) == 0

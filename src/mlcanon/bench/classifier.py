@@ -21,7 +21,7 @@ def _run(name: str, flags: str, target: float, seeds: tuple[int, ...] = (0,)) ->
     """Train once per seed; the row's figure is the median test accuracy (DESIGN.md 8), wall is per run."""
     import statistics
 
-    from mlcanon.cli import build_config
+    from mlcanon.config import build_config
     from mlcanon.registry import get
 
     algo = get("classifier")

@@ -40,7 +40,7 @@ CLASSIFIERS = {
 
 
 def _train(algorithm: str, flags: str) -> tuple[dict, float]:
-    from mlcanon.cli import build_config
+    from mlcanon.config import build_config
     from mlcanon.registry import get
 
     algo = get(algorithm)

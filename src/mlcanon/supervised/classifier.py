@@ -12,7 +12,7 @@ Losses (per example, averaged over the batch by the loop):
 from __future__ import annotations
 
 import dataclasses
-import json
+import importlib
 from pathlib import Path
 
 import torch
@@ -20,18 +20,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlcanon.config import option
-from mlcanon.devices import device_for_rank, init_distributed, resolve_device
+from mlcanon.data.images import save_image_grid
 from mlcanon.errors import UserError
-from mlcanon.registry import register
-from mlcanon.runs import Run, load_checkpoint, seed_everything
-from mlcanon.supervised.fit import FitConfig, evaluate_tensors, fit
+from mlcanon.registry import EvalOptions, SampleOptions, register
+from mlcanon.runs import Run, load_weights
+from mlcanon.supervised.gradcam import save_overlays
 from mlcanon.supervised.models import MODELS, build_model
+from mlcanon.training import Trainer, TrainConfig, TensorBatches, evaluate_in_batches
 
 AUGMENTATIONS = ("crop", "flip", "rotate")
 
 
 @dataclasses.dataclass
-class ClassifierConfig(FitConfig):
+class ClassifierConfig(TrainConfig):
     """Train an image classifier; every field is a CLI flag (``--batch-size 128``)."""
 
     dataset: str = option("digits", "data set: digits, mnist, fashion-mnist, cifar10 (see mlcanon.data)")
@@ -100,27 +101,26 @@ def make_model(config: ClassifierConfig, input_shape, num_classes) -> nn.Module:
     return members[0] if config.ensemble == 1 else Ensemble(members)
 
 
-def _loss_fn(config: ClassifierConfig, num_classes: int):
-    def per_example(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        B = y.shape[0]
-        if config.loss == "cross-entropy":   # -log p(y|x)
-            out = F.cross_entropy(z, y, reduction="none", label_smoothing=config.label_smoothing)
-        else:                                # ||softmax(z) - onehot(y)||^2 / K
-            out = ((F.softmax(z, -1) - F.one_hot(y, num_classes).float()) ** 2).mean(-1)
-        assert out.shape == (B,)
-        return out
-
-    def loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if z.dim() == 3:  # ensemble in training: sum of the members' losses (independent parameters)
-            return sum(per_example(zm, y) for zm in z)
-        return per_example(z, y)
-    return loss
+def per_example_loss(config: ClassifierConfig, z: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[B] losses of logits z [B, K] (an ensemble in training gives [M, B, K]: the members' losses add up)."""
+    if z.dim() == 3:   # independent members, each trained on its own loss
+        return sum(per_example_loss(config, zm, y, num_classes) for zm in z)
+    B = y.shape[0]
+    if config.loss == "cross-entropy":   # -log p(y|x)
+        out = F.cross_entropy(z, y, reduction="none", label_smoothing=config.label_smoothing)
+    else:                                # ||softmax(z) - onehot(y)||^2 / K
+        out = ((F.softmax(z, -1) - F.one_hot(y, num_classes).float()) ** 2).mean(-1)
+    assert out.shape == (B,), out.shape
+    return out
 
 
-def _metric_fn(z: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    if z.dim() == 3:
-        z = z.mean(0)
-    return {"accuracy": float((z.argmax(-1) == y).sum())}
+def batch_metrics(model: nn.Module, config: ClassifierConfig, num_classes: int, batch: dict) -> dict:
+    """{"loss": mean loss, "accuracy": fraction correct} of one batch {"x", "y"}."""
+    z = model(batch["x"]).float()
+    y = batch["y"]
+    zbar = z.mean(0) if z.dim() == 3 else z
+    return {"loss": per_example_loss(config, z, y, num_classes).mean(),
+            "accuracy": (zbar.argmax(-1) == y).float().mean()}
 
 
 def _transform(config: ClassifierConfig, num_classes: int):
@@ -129,7 +129,8 @@ def _transform(config: ClassifierConfig, num_classes: int):
     if not (augs or config.input_noise or config.label_noise):
         return None
 
-    def transform(x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
+    def transform(batch: dict, g: torch.Generator) -> dict:
+        x, y = batch["x"], batch["y"]
         if "crop" in augs:
             x = images.random_crop(x, padding=max(1, x.shape[-1] // 14), generator=g)
         if "flip" in augs:
@@ -141,7 +142,7 @@ def _transform(config: ClassifierConfig, num_classes: int):
         if config.label_noise:
             flip = torch.rand(y.shape, generator=g) < config.label_noise
             y = torch.where(flip, torch.randint(num_classes, y.shape, generator=g), y)
-        return x, y
+        return {"x": x, "y": y}
     return transform
 
 
@@ -158,46 +159,37 @@ def load_splits(config: ClassifierConfig):
     return train, val, test
 
 
-@register("classifier", family="supervised", config=ClassifierConfig,
-          description="image classifier (MLP/CNN/ResNet/ViT/LSTM) with CE or MSE loss, early stopping, regularizers",
-          evaluate=lambda run_dir, **kw: evaluate(run_dir, **kw), sample=lambda *a, **kw: sample(*a, **kw))
 def train(config: ClassifierConfig, run: Run | None = None) -> dict:
     """Train, keep the best model by validation accuracy, report test accuracy; returns a result dict."""
-    device = resolve_device(config.device)
-    dist = init_distributed(device)
-    device = device_for_rank(device, dist)
-    resume_state = None
-    if run is None:
-        run = Run.create("classifier", config, enabled=dist.is_main, device=str(device))
-    else:
-        loaded = run.load()
-        resume_state = loaded[0] if loaded else None
-    seed_everything(config.seed)
+    run = Run.start("classifier", config, run)
     train_ds, val_ds, test_ds = load_splits(config)
     x, y = train_ds.x, train_ds.targets
     if config.train_subset:
         x, y = x[:config.train_subset], y[:config.train_subset]
-    model = make_model(config, train_ds.input_shape, train_ds.num_classes)
+    K = train_ds.num_classes
+    model = make_model(config, train_ds.input_shape, K)
     if config.weight_noise:
         model = WeightNoise(model, config.weight_noise)
-    if device.type == "cuda":
-        x, y = x.to(device), y.to(device)
-    if resume_state is None:
-        run.log_hparams(config)
-    loss_fn = _loss_fn(config, train_ds.num_classes)
-    result = fit(model, train=(x, y), val=(val_ds.x, val_ds.targets) if val_ds is not None else None,
-                 config=config, run=run, device=device, loss_fn=loss_fn, metric_fn=_metric_fn,
-                 transform=_transform(config, train_ds.num_classes), dist=dist, resume_state=resume_state)
-    out = {"run_dir": str(run.dir), "step": result.step, "epochs": result.epoch,
-           "best_val_accuracy": result.best_value, "stopped_early": result.stopped_early}
-    if dist.is_main:
-        best = load_checkpoint(run.dir, tag="best")
-        if best is not None:
-            model.load_state_dict(best[0]["model"])
-        tm = evaluate_tensors(model, test_ds.x, test_ds.targets, loss_fn=loss_fn, metric_fn=_metric_fn,
-                              device=device, precision=config.precision)
+    trainer = Trainer(model, config, run)
+    data = TensorBatches({"x": x, "y": y}, config.batch_size, seed=config.seed, transform=_transform(config, K))
+    if run.device.type == "cuda":
+        data.to(run.device)
+
+    def val_fn() -> dict:
+        m = evaluate_in_batches(lambda b: batch_metrics(model, config, K, b), {"x": val_ds.x, "y": val_ds.targets},
+                                device=run.device, precision=config.precision)
+        return {"val/loss": m["loss"], "val/accuracy": m["accuracy"]}
+
+    fit = trainer.fit(lambda b: batch_metrics(model, config, K, b), data, val_fn=val_fn if val_ds else None,
+                      monitor="val/accuracy", mode="max", postfix_keys=("train/loss", "train/accuracy"))
+    out = {"run_dir": str(run.dir), "step": fit.step, "epochs": fit.epoch, "best_val_accuracy": fit.best_value,
+           "stopped_early": fit.stopped_early}
+    if run.dist.is_main:
+        load_weights(model, run.dir, "best")
+        tm = evaluate_in_batches(lambda b: batch_metrics(model, config, K, b),
+                                 {"x": test_ds.x, "y": test_ds.targets}, device=run.device, precision=config.precision)
         out.update({"test_accuracy": tm["accuracy"], "test_loss": tm["loss"]})
-        run.finish(out, step=result.step, metrics={"test/accuracy": tm["accuracy"], "test/loss": tm["loss"]})
+        run.finish(out, step=fit.step, metrics={"test/accuracy": tm["accuracy"], "test/loss": tm["loss"]})
     out["model"] = model
     return out
 
@@ -213,24 +205,41 @@ def load_model(run_dir: str | Path, tag: str = "best") -> tuple[nn.Module, Class
     model = make_model(config, ds.input_shape, ds.num_classes)
     if config.weight_noise:
         model = WeightNoise(model, config.weight_noise)
-    from mlcanon.supervised.tasks import load_weights
     return load_weights(model, run_dir, tag), config
 
 
-def evaluate(run_dir: str | Path, split: str = "test", **_) -> dict:
-    """Accuracy and loss of the run's best model on the test split."""
+@dataclasses.dataclass
+class ClassifierEvalOptions(EvalOptions):
+    """Options of `mlcanon eval` on a classifier run."""
+
+    split: str = option("test", "which split to score", choices=("test", "valid", "train"))
+    attack: str = option("none", "adversarial attack to score robust accuracy under (see mlcanon.adversarial)",
+                         choices=("none", "fgsm", "pgd"))
+    eps: float = option(0.3, "L-infinity radius of the attack", min=0.0)
+    steps: int = option(40, "PGD steps", min=1)
+    restarts: int = option(1, "PGD random restarts", min=1)
+
+
+def evaluate(run_dir: str | Path, options: ClassifierEvalOptions | None = None) -> dict:
+    """Accuracy and loss of the run's best model on a split (and robust accuracy under --attack)."""
     from mlcanon.data import load
+    options = options or ClassifierEvalOptions()
     model, config = load_model(run_dir)
-    ds = load(config.dataset, split, data_dir=config.data_dir, val_fraction=config.val_fraction)
-    m = evaluate_tensors(model, ds.x, ds.targets, loss_fn=_loss_fn(config, ds.num_classes), metric_fn=_metric_fn,
-                         device=torch.device("cpu"))
-    return {f"{split}/accuracy": m["accuracy"], f"{split}/loss": m["loss"], "n": len(ds)}
+    ds = load(config.dataset, options.split, data_dir=config.data_dir, val_fraction=config.val_fraction)
+    K = ds.num_classes
+    m = evaluate_in_batches(lambda b: batch_metrics(model, config, K, b), {"x": ds.x, "y": ds.targets})
+    out = {f"{options.split}/accuracy": m["accuracy"], f"{options.split}/loss": m["loss"], "n": len(ds)}
+    if options.attack != "none":
+        attack = importlib.import_module("mlcanon.adversarial")   # written with the adversarial family
+        out.update(attack.robust_accuracy(model, ds.x, ds.targets, attack=options.attack, eps=options.eps,
+                                          steps=options.steps, restarts=options.restarts, seed=options.seed))
+    return out
 
 
-def sample(run_dir: str | Path, n: int = 64, out: str | Path | None = None, **_) -> Path:
+def sample(run_dir: str | Path, n: int = 64, out: str | Path | None = None,
+           options: SampleOptions | None = None) -> Path:
     """A grid of test images titled with predicted and true labels (+ ``*-gradcam.png`` for conv models)."""
     from mlcanon.data import load
-    from mlcanon.data.images import save_image_grid
     model, config = load_model(run_dir)
     ds = load(config.dataset, "test", data_dir=config.data_dir)
     x, y = ds.x[:n], ds.targets[:n]
@@ -239,8 +248,16 @@ def sample(run_dir: str | Path, n: int = 64, out: str | Path | None = None, **_)
     titles = [f"{int(p)}/{int(t)}" + ("" if p == t else " x") for p, t in zip(pred, y)]
     out = Path(out) if out else Path(run_dir) / "samples.png"
     save_image_grid(x, out, titles=titles)  # caption: predicted/true, "x" marks a mistake
-    (Path(run_dir) / "samples.json").write_text(json.dumps({"pred": pred.tolist(), "true": y.tolist()}))
+    Run(Path(run_dir)).write_json("samples.json", {"pred": pred.tolist(), "true": y.tolist()})
     if config.model in ("cnn", "resnet") and config.ensemble == 1 and not config.weight_noise:
-        from mlcanon.supervised.gradcam import save_overlays  # Grad-CAM heat maps beside the predictions
-        save_overlays(run_dir, min(n, 32), out.with_name(out.stem + "-gradcam.png"))
+        k = min(n, 32)   # Grad-CAM heat maps beside the predictions
+        save_overlays(model, x[:k], y[:k], out.with_name(out.stem + "-gradcam.png"))
     return out
+
+
+register("classifier", family="supervised", config=ClassifierConfig,
+         description="image classifier (MLP/CNN/ResNet/ViT/LSTM) with CE or MSE loss, early stopping, regularizers",
+         evaluate=evaluate, sample=sample, load=lambda run_dir, config, tag: load_model(run_dir, tag)[0],
+         eval_options=ClassifierEvalOptions,
+         tiny={"dataset": "digits", "model": "mlp", "width": 16, "epochs": 2, "train_subset": 256,
+               "batch_size": 64, "checkpoint_every": 2})(train)

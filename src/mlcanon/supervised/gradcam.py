@@ -9,14 +9,16 @@ A, alpha_k^c = w_{c,k} / hw, so Grad-CAM equals CAM (Zhou et al. 2016) up to tha
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
+import matplotlib
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlcanon.errors import UserError
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
 
 
 def default_target_layer(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -32,7 +34,7 @@ def default_target_layer(model: nn.Module, x: torch.Tensor) -> nn.Module:
         for h in hooks:
             h.remove()
     if not outputs:
-        raise UserError("Grad-CAM needs a convolutional model (a layer with [B, K, h, w] outputs); "
+        raise ValueError("Grad-CAM needs a convolutional model (a layer with [B, K, h, w] outputs); "
                         "this model has none (use --model cnn or resnet)")
     return outputs[-1]
 
@@ -45,7 +47,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target_layer: nn.Module | None =
     The model is put in eval mode for the pass and its mode restored afterwards.
     """
     if x.dim() != 4:
-        raise UserError(f"grad_cam needs images [B, C, H, W], got shape {list(x.shape)}")
+        raise ValueError(f"grad_cam needs images [B, C, H, W], got shape {list(x.shape)}")
     B, _, H, W = x.shape
     was_training = model.training
     model.eval()
@@ -60,7 +62,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target_layer: nn.Module | None =
         with torch.enable_grad():
             logits = model(x)
             if "A" not in store:
-                raise UserError("grad_cam: target_layer was not used in the forward pass")
+                raise ValueError("grad_cam: target_layer was not used in the forward pass")
             A = store["A"]                                                   # [B, K, h, w]
             if class_idx is None:
                 c = logits.argmax(-1)
@@ -69,7 +71,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target_layer: nn.Module | None =
             else:
                 c = torch.as_tensor(class_idx, dtype=torch.long, device=logits.device)
             if c.shape != (B,) or bool((c < 0).any()) or bool((c >= logits.shape[-1]).any()):
-                raise UserError(f"grad_cam: class_idx must be an int or [B] tensor of classes in "
+                raise ValueError(f"grad_cam: class_idx must be an int or [B] tensor of classes in "
                                 f"0..{logits.shape[-1] - 1}, got {class_idx!r}")
             score = logits.gather(1, c[:, None]).sum()                        # sum_b y^{c_b}
             (grad,) = torch.autograd.grad(score, A)                            # d y^c / d A^k_ij
@@ -84,26 +86,14 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target_layer: nn.Module | None =
     return cam
 
 
-def save_overlays(run_dir: str | Path, n: int = 16, out: str | Path | None = None) -> Path:
-    """Grad-CAM of a classifier run's best model on ``n`` test images, as a PNG grid of heat-map overlays.
+def save_overlays(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str | Path) -> Path:
+    """Grad-CAM of ``model`` on images ``x`` (true labels ``y``) as a PNG grid of heat-map overlays.
 
     Each panel: the grey image, the normalized heat map of the predicted class over it (jet, alpha 0.5),
-    titled predicted / true label. Writes ``RUN_DIR/gradcam.png`` by default (and gradcam.json).
+    titled predicted / true label.
     """
-    import math
-
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from mlcanon.data import load
-    from mlcanon.supervised.classifier import load_model
-
-    if n < 1:
-        raise UserError(f"-n must be >= 1, got {n}")
-    model, config = load_model(run_dir)
-    ds = load(config.dataset, "test", data_dir=config.data_dir)
-    x, y = ds.x[:n], ds.targets[:n]
+    if len(x) < 1:
+        raise ValueError("save_overlays needs at least one image")
     with torch.no_grad():
         pred = model(x).argmax(-1)
     cam = grad_cam(model, x, class_idx=pred, normalize=True)
@@ -123,9 +113,7 @@ def save_overlays(run_dir: str | Path, n: int = 16, out: str | Path | None = Non
         ax.set_xlabel(f"{int(pred[k])}/{int(y[k])}" + ("" if pred[k] == y[k] else " x"), fontsize=7)
     fig.suptitle("Grad-CAM of the predicted class (predicted / true)", fontsize=8)
     fig.tight_layout()
-    out = Path(out) if out else Path(run_dir) / "gradcam.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
     fig.savefig(out, dpi=100)
     plt.close(fig)
-    (Path(run_dir) / "gradcam.json").write_text(json.dumps({"pred": pred.tolist(), "true": y.tolist()}))
     return out
