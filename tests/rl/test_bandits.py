@@ -40,3 +40,32 @@ def test_bad_input():
         bd.run_bandit(bd.testbed(2), "greedy", 10)
     with pytest.raises(UserError, match="probabilities"):
         bd.BanditProblem(np.array([[1.5, 0.2]]), "bernoulli")
+
+
+@pytest.mark.parametrize("strategy,kind", [("epsilon-greedy", "gaussian"), ("ucb", "gaussian"),
+                                           ("thompson", "bernoulli"), ("thompson", "gaussian"),
+                                           ("gradient", "bernoulli")])
+def test_run_i_of_n_runs_is_the_single_run_with_seed_plus_i(strategy, kind):
+    """--num-seeds N is N independent runs: run i (its problem and its pulls) is the run with seed + i."""
+    many = bd.run_bandit(bd.testbed(4, 5, kind, seed=20), strategy, 150, seed=20)
+    for i in range(4):
+        p1 = bd.testbed(1, 5, kind, seed=20 + i)
+        one = bd.run_bandit(p1, strategy, 150, seed=20 + i)
+        np.testing.assert_array_equal(one.actions[0], many.actions[i])
+        np.testing.assert_array_equal(one.rewards[0], many.rewards[i])
+    assert not np.array_equal(many.actions[0], many.actions[1])
+
+
+def test_rewards_have_the_arm_distributions():
+    """Pulls give N(mu_a, std^2) (Box-Muller from the run's uniforms) or Bernoulli(mu_a) rewards."""
+    for problem in (bd.BanditProblem(np.array([[0.3, -1.0]] * 2000), "gaussian", reward_std=2.0),
+                    bd.BanditProblem(np.array([[0.25, 0.9]] * 2000), "bernoulli")):
+        res = bd.run_bandit(problem, "gradient", 3, seed=0, alpha=0.0)      # alpha 0: uniform arm choice
+        for arm, mu in enumerate(problem.means[0]):
+            x = res.rewards[res.actions == arm]
+            sd = 2.0 if problem.kind == "gaussian" else np.sqrt(mu * (1 - mu))
+            assert abs(x.mean() - mu) < 5 * sd / np.sqrt(len(x))           # 5 standard errors
+            if problem.kind == "gaussian":
+                assert abs(x.std() - sd) < 0.1
+            else:
+                assert set(np.unique(x)) == {0.0, 1.0}

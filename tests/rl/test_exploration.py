@@ -37,7 +37,7 @@ def test_epsilon_greedy_frequencies_match_probs():
     rng = np.random.default_rng(0)
     q = np.array([[0.0, 2.0, 1.0, 2.0]])                               # two tied maxima
     N = 200_000
-    a = ex.epsilon_greedy(np.repeat(q, N, 0), 0.3, rng)
+    a = ex.epsilon_greedy(np.repeat(q, N, 0), 0.3, rng.random((N, 6)))
     freq = np.bincount(a, minlength=4) / N
     probs = ex.epsilon_greedy_probs(q, 0.3)[0]                         # eps/A + (1-eps)/2 on the ties
     np.testing.assert_allclose(probs, [0.075, 0.425, 0.075, 0.425])
@@ -48,7 +48,7 @@ def test_epsilon_greedy_per_seed_epsilon_and_greedy_ties():
     rng = np.random.default_rng(1)
     q = np.tile([1.0, 0.0, 1.0], (10_000, 1))
     eps = np.where(np.arange(10_000) < 5000, 0.0, 1.0)                 # vector of epsilons, one per seed
-    a = ex.epsilon_greedy(q, eps, rng)
+    a = ex.epsilon_greedy(q, eps, rng.random((10_000, 5)))
     assert set(a[:5000]) == {0, 2}                                     # eps = 0: greedy, ties shared
     assert abs((a[:5000] == 0).mean() - 0.5) < 0.03
     assert abs((a[5000:] == 1).mean() - 1 / 3) < 0.03                  # eps = 1: uniform
@@ -61,7 +61,7 @@ def test_softmax_probs_and_sampling():
     np.testing.assert_allclose(p[0], e / e.sum())
     np.testing.assert_allclose(p[1], [0.5, 0.5, 0.0], atol=1e-12)     # no overflow at large q
     rng = np.random.default_rng(2)
-    a = ex.softmax_action(np.repeat(q[:1], 100_000, 0), 0.5, rng)
+    a = ex.softmax_action(np.repeat(q[:1], 100_000, 0), 0.5, rng.random(100_000))
     np.testing.assert_allclose(np.bincount(a, minlength=3) / 1e5, p[0], atol=0.01)
     with pytest.raises(UserError):
         ex.softmax_probs(q, 0.0)
@@ -73,4 +73,15 @@ def test_ucb_scores_formula_and_untried_first():
     s = ex.ucb_scores(q, n, 12, 2.0)
     np.testing.assert_allclose(s[0, :2], q[0, :2] + 2.0 * np.sqrt(np.log(12) / n[0, :2]))
     assert np.isinf(s[0, 2])
-    assert ex.ucb_action(q, n, 12, 2.0, np.random.default_rng(0))[0] == 2
+    assert ex.ucb_action(q, n, 12, 2.0, np.random.default_rng(0).random((1, 3)))[0] == 2
+
+
+def test_greedy_random_tiebreak_is_fair_and_deterministic_greedy_takes_first():
+    from mlcanon.rl import dp
+    q = np.tile([0.0, 3.0, 3.0, 3.0], (30_000, 1))
+    a = ex.greedy_random_tiebreak(q, np.random.default_rng(3).random(q.shape))
+    np.testing.assert_allclose(np.bincount(a, minlength=4) / len(a), [0, 1 / 3, 1 / 3, 1 / 3], atol=0.015)
+    assert np.all(dp.greedy(q) == 1)                                   # lowest index on ties
+    assert dp.greedy(np.zeros((2, 5, 3))).shape == (2, 5)              # one table per seed
+    with pytest.raises(ValueError, match="uniforms"):
+        ex.epsilon_greedy(q[:2], 0.1, np.zeros((2, 4)))

@@ -29,7 +29,4 @@ def test_curves_band(tmp_path):
     curves = {"a": rng.normal(size=(10, 40)), "b": rng.normal(1, 1, size=(10, 40))}
     _ok(plots.plot_curves_band(curves, tmp_path / "c.png"))
     _ok(plots.plot_curves_band(curves["a"], tmp_path / "c1.png", label="a", smooth=5))
-    x = rng.normal(size=(10, 3))
-    mean, half = plots.mean_ci95(x)
-    np.testing.assert_allclose(mean, x.mean(0))
-    assert np.all(half > 0) and np.all(half < 3 * x.std(0, ddof=1))
+    _ok(plots.plot_schedule(np.linspace(1.0, 0.05, 50), tmp_path / "eps.png"))

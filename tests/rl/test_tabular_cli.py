@@ -23,6 +23,32 @@ def test_all_names_registered_with_documented_configs():
             assert f.metadata.get("help"), (name, f.name)
 
 
+def test_flag_names():
+    """An episode's time limit is --max-episode-steps; a budget in env steps is --total-steps."""
+    import dataclasses
+    for name in NAMES:
+        fields = {f.name for f in dataclasses.fields(registry.get(name).config_cls)}
+        assert "max_steps" not in fields and "steps" not in fields, name
+        assert ("total_steps" if name == "bandit" else "max_episode_steps") in fields, name
+
+
+def test_num_seeds_are_independent_runs(tmp_runs):
+    """Through the CLI entries: seed i of --num-seeds 3 is the run with --seed seed+i --num-seeds 1."""
+    def train(name, **kw):
+        algo = registry.get(name)
+        cfg = algo.config_cls(out_dir=str(tmp_runs), progress=False, **kw)
+        return algo.train(cfg, Run.create(name, cfg, enabled=False))     # no files: the results are compared
+
+    kw = {"episodes": 30, "env": "FrozenLake-v1"}
+    many, one = train("q-learning", num_seeds=3, seed=5, **kw), train("q-learning", num_seeds=1, seed=7, **kw)
+    np.testing.assert_array_equal(one["Q"][0], many["Q"][2])
+    np.testing.assert_array_equal(one["result"].returns[0], many["result"].returns[2])
+    many, one = train("bandit", num_seeds=3, seed=5, total_steps=100), train("bandit", num_seeds=1, seed=6,
+                                                                             total_steps=100)
+    np.testing.assert_array_equal(one["result"].actions[0], many["result"].actions[1])
+    np.testing.assert_array_equal(one["result"].regret[0], many["result"].regret[1])
+
+
 def test_q_learning_train_eval_sample(tmp_runs):
     algo = registry.get("q-learning")
     cfg = algo.config_cls(out_dir=str(tmp_runs), episodes=120, num_seeds=8, alpha=0.5, gamma=0.9,
@@ -93,7 +119,7 @@ def test_td0_and_dp_and_bandit(tmp_runs):
         ev = algo.evaluate(r["run_dir"], episodes=200)
         assert 0.6 < ev["eval/return_mean"] < 0.9          # slippery FrozenLake: optimal success rate ~0.74
     b = registry.get("bandit")
-    r = b.train(b.config_cls(out_dir=str(tmp_runs), strategy="thompson", steps=300, num_seeds=50,
+    r = b.train(b.config_cls(out_dir=str(tmp_runs), strategy="thompson", total_steps=300, num_seeds=50,
                              progress=False))
     assert (tmp_runs / r["run_dir"].split("/")[-1] / "regret.png").is_file()
     assert b.evaluate(r["run_dir"])["eval/cumulative_regret"] == pytest.approx(r["cumulative_regret"])

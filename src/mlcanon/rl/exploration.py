@@ -2,8 +2,8 @@
 
 Everything here is a small pure function or a stateless (frozen) object that takes the step explicitly.
 Action selection is vectorized over a leading seed dimension: ``q`` is ``[N, A]`` (one row per independent
-seed) and randomness comes from an explicit :class:`numpy.random.Generator`, so that one generator per run
-drives every seed and the same seed gives the same actions.
+seed) and randomness comes in as uniforms drawn by the caller from each seed's own stream, so that a seed's
+actions never depend on the other seeds (DESIGN.md section 5, ``--num-seeds``).
 """
 
 from __future__ import annotations
@@ -109,10 +109,14 @@ def _check_pair(eps_max, eps_min):
 
 
 # ------------------------------------------------------------------------------------ action selection
-def greedy(q: np.ndarray, u: np.ndarray | None = None) -> np.ndarray:
-    """argmax_a q[n, a] per row; ties broken uniformly at random with uniforms ``u`` [N, A] (else first)."""
-    if u is None:
-        return q.argmax(-1)
+# Each rule takes the uniforms it needs as an argument (``u``, one row per seed), so that every seed's
+# actions come from its own random stream (mlcanon.rl.streams.SeedStreams) and the rules stay pure.
+
+def greedy_random_tiebreak(q: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """argmax_a q[n, a] per row, ties broken uniformly at random by the uniforms ``u`` [N, A].
+
+    (The deterministic greedy policy, lowest index on ties, is :func:`mlcanon.rl.dp.greedy`.)
+    """
     best = q == q.max(-1, keepdims=True)
     return np.where(best, u + 1.0, 0.0).argmax(-1)  # the largest uniform among the tied maxima
 
@@ -130,17 +134,18 @@ def epsilon_greedy_probs(q: np.ndarray, eps) -> np.ndarray:
     return eps / A + (1.0 - eps) * greedy_mask(q)
 
 
-def epsilon_greedy(q: np.ndarray, eps, rng: np.random.Generator) -> np.ndarray:
+def epsilon_greedy(q: np.ndarray, eps, u: np.ndarray) -> np.ndarray:
     """With probability eps a uniform random action, else greedy (random ties); one row per seed.
 
-    Draws exactly one ``rng.random((N, A + 2))`` block: column 0 decides exploration, column 1 the random
-    action, columns 2: break ties.
+    ``u`` holds A + 2 uniforms per row [N, A + 2]: column 0 decides exploration, column 1 the random action,
+    columns 2: break ties.
     """
     N, A = q.shape
-    u = rng.random((N, A + 2))
+    if u.shape != (N, A + 2):
+        raise ValueError(f"epsilon_greedy needs uniforms of shape {(N, A + 2)}, got {u.shape}")
     explore = u[:, 0] < eps                                     # explore with probability eps
     rand_a = np.minimum((u[:, 1] * A).astype(np.int64), A - 1)  # uniform over the A actions
-    return np.where(explore, rand_a, greedy(q, u[:, 2:]))
+    return np.where(explore, rand_a, greedy_random_tiebreak(q, u[:, 2:]))
 
 
 def softmax_probs(q: np.ndarray, temperature: float) -> np.ndarray:
@@ -159,9 +164,9 @@ def sample_categorical(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum((u[:, None] >= c).sum(-1), probs.shape[-1] - 1)
 
 
-def softmax_action(q: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
-    """Sample a ~ softmax(q / temperature) per row."""
-    return sample_categorical(softmax_probs(q, temperature), rng.random(q.shape[0]))
+def softmax_action(q: np.ndarray, temperature: float, u: np.ndarray) -> np.ndarray:
+    """Sample a ~ softmax(q / temperature) per row, by inverse CDF of the uniforms ``u`` [N]."""
+    return sample_categorical(softmax_probs(q, temperature), u)
 
 
 def ucb_scores(q: np.ndarray, counts: np.ndarray, t, c: float) -> np.ndarray:
@@ -173,6 +178,6 @@ def ucb_scores(q: np.ndarray, counts: np.ndarray, t, c: float) -> np.ndarray:
     return np.where(counts > 0, q + bonus, np.inf)
 
 
-def ucb_action(q: np.ndarray, counts: np.ndarray, t, c: float, rng: np.random.Generator) -> np.ndarray:
-    """argmax of the UCB scores per row, ties (e.g. several untried actions) broken at random."""
-    return greedy(ucb_scores(q, counts, t, c), rng.random(q.shape))
+def ucb_action(q: np.ndarray, counts: np.ndarray, t, c: float, u: np.ndarray) -> np.ndarray:
+    """argmax of the UCB scores per row, ties (e.g. several untried actions) broken by the uniforms ``u`` [N, A]."""
+    return greedy_random_tiebreak(ucb_scores(q, counts, t, c), u)

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mlcanon.errors import UserError
+from mlcanon.metrics.rl import mean_ci95
 
 GRID_ARROWS = {0: (0.0, 0.35), 1: (0.0, -0.35), 2: (-0.35, 0.0), 3: (0.35, 0.0)}   # (dx, dy) in plot axes
 HEADING_NAMES = ("heading N", "heading E", "heading S", "heading W")
@@ -136,18 +137,16 @@ def plot_policy(policy, shape, path, V=None, terminal=None, title: str = "greedy
     return _save(fig, path)
 
 
-def mean_ci95(curves) -> tuple[np.ndarray, np.ndarray]:
-    """(mean [T], half-width [T]) of a 95% interval over seeds: t_{0.975, N-1} * std / sqrt(N)."""
-    x = np.asarray(curves, dtype=np.float64)
-    if x.ndim != 2:
-        raise UserError(f"curves must have shape [N seeds, T steps], got {x.shape}")
-    N = x.shape[0]
-    mean = x.mean(0)
-    if N < 2:
-        return mean, np.zeros_like(mean)
-    from scipy.stats import t as student_t
-    half = student_t.ppf(0.975, N - 1) * x.std(0, ddof=1) / np.sqrt(N)   # t-interval of the mean
-    return mean, half
+def plot_schedule(values, path, xlabel: str = "episode", ylabel: str = "epsilon") -> Path:
+    """A schedule over steps or episodes (e.g. epsilon), from 0 up."""
+    v = np.asarray(values, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(np.arange(len(v)), v)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, max(1e-3, float(v.max())) * 1.05)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
 
 
 def plot_curves_band(curves, path, label: str | None = None, xlabel: str = "episode",
@@ -165,7 +164,7 @@ def plot_curves_band(curves, path, label: str | None = None, xlabel: str = "epis
         if smooth > 1:
             ker = np.ones(smooth) / smooth
             c = np.stack([np.convolve(row, ker, mode="valid") for row in c])
-        mean, half = mean_ci95(c)
+        mean, half = mean_ci95(c, axis=0)                 # Student-t interval over seeds
         xs = np.arange(mean.size) if x is None else np.asarray(x)[-mean.size:]
         line, = ax.plot(xs, mean, label=f"{name} (n={c.shape[0]})" if name else None)
         ax.fill_between(xs, mean - half, mean + half, color=line.get_color(), alpha=0.25)

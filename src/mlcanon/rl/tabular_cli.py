@@ -15,7 +15,6 @@ uninterrupted run for envs with a model.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,10 +22,14 @@ import numpy as np
 
 from mlcanon.config import CommonConfig, option, validate
 from mlcanon.errors import UserError
+from mlcanon.metrics.rl import mean_ci95
 from mlcanon.registry import algorithm_of_run, register
 from mlcanon.rl import bandits as bd
+from mlcanon.rl import dp, plots
 from mlcanon.rl import exploration as ex
 from mlcanon.rl import tabular_learning as tl
+from mlcanon.rl.envs import make, mdp_of
+from mlcanon.runs import Run, load_checkpoint
 
 ENV_HELP = "environment id: mlcanon/GridWorld-v0, FrozenLake-v1, CliffWalking-v1, ... (Discrete spaces)"
 
@@ -40,7 +43,7 @@ class DPConfig(CommonConfig):
     env: str = option("mlcanon/GridWorld-v0", ENV_HELP)
     gamma: float | None = option(None, "discount (None: the env's own)", min=0.0, max=1.0)
     tol: float = option(1e-10, "stop when the largest value change is below this", min=0.0)
-    max_steps: int = option(100, "time limit of the evaluation episodes", min=1)
+    max_episode_steps: int = option(100, "time limit of the evaluation episodes", min=1)
 
 
 @dataclasses.dataclass
@@ -60,11 +63,11 @@ class _TabularConfig(CommonConfig):
 
     env: str = option("mlcanon/GridWorld-v0", ENV_HELP)
     episodes: int = option(500, "episodes per seed", min=1)
-    num_seeds: int = option(100, "independent seeds learned together (one array)", min=1)
+    num_seeds: int = option(100, "independent seeds learned together (one array); seed i is --seed + i", min=1)
     alpha: float = option(0.1, "step size alpha", min=0.0, max=1.0)
     gamma: float | None = option(None, "discount (None: the env's own; 0.99 for envs without a model)",
                                  min=0.0, max=1.0)
-    max_steps: int = option(100, "episode time limit (truncation: the target bootstraps)", min=1)
+    max_episode_steps: int = option(100, "episode time limit (truncation: the target bootstraps)", min=1)
 
 
 @dataclasses.dataclass
@@ -138,8 +141,8 @@ class BanditConfig(CommonConfig):
     arms: int = option(10, "number of arms K", min=1)
     testbed: str = option("gaussian", "arm means ~ N(0,1) with N(mu,1) rewards, or Bernoulli arms mu ~ U(0,1)",
                           choices=("gaussian", "bernoulli"))
-    steps: int = option(1000, "pulls per run", min=1)
-    num_seeds: int = option(200, "independent runs (each with its own random problem)", min=1)
+    total_steps: int = option(1000, "pulls per run (the training budget in env steps)", min=1)
+    num_seeds: int = option(200, "independent runs (run i: its own random problem and pulls from seed + i)", min=1)
     epsilon: float = option(0.1, "epsilon-greedy: exploration probability", min=0.0, max=1.0)
     c: float = option(2.0, "ucb: exploration weight (UCB1: sqrt(2))", min=0.0)
     alpha: float = option(0.1, "gradient: preference step size", min=0.0)
@@ -148,7 +151,6 @@ class BanditConfig(CommonConfig):
 
 # ------------------------------------------------------------------------------------------ helpers
 def _mdp(env: str, gamma: float | None):
-    from mlcanon.rl.envs import make, mdp_of
     obj = make(env)                                                 # unknown ids: a UserError naming them
     try:
         mdp = mdp_of(obj)
@@ -159,7 +161,6 @@ def _mdp(env: str, gamma: float | None):
 
 def _shape(env: str, S: int):
     """Grid shape for plots: the env's ``shape`` / FrozenLake's ``desc``, else one row of S cells."""
-    from mlcanon.rl.envs import make
     u = make(env).unwrapped
     shape = getattr(u, "shape", None)
     if shape is None and getattr(u, "desc", None) is not None:
@@ -171,7 +172,6 @@ def _shape(env: str, S: int):
 
 def _optimum(mdp):
     """(V*, pi*) by value iteration, or (None, None) when it does not converge."""
-    from mlcanon.rl import dp
     if mdp is None:
         return None, None
     try:
@@ -180,25 +180,10 @@ def _optimum(mdp):
         return None, None
 
 
-def _ci95(x) -> tuple[float, float]:
-    x = np.asarray(x, dtype=np.float64).ravel()
-    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
-    return float(x.mean()), float(half)
-
-
-def _epsilon_plot(eps: np.ndarray, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(np.arange(len(eps)), eps)
-    ax.set_xlabel("episode")
-    ax.set_ylabel("epsilon")
-    ax.set_ylim(0, max(1e-3, float(eps.max())) * 1.05)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+def _mean_ci95(x) -> tuple[float, float | None]:
+    """(mean, half-width of the 95% Student-t interval) as JSON scalars; None when there is one value only."""
+    mean, half = mean_ci95(np.asarray(x, dtype=np.float64).ravel())
+    return float(mean), (None if np.isnan(half) else float(half))
 
 
 def _every(n: int, total: int, parts: int) -> int:
@@ -208,7 +193,7 @@ def _every(n: int, total: int, parts: int) -> int:
 # ------------------------------------------------------------------------------------------ learners
 def _make_learner(method: str, config) -> tl.Learner:
     kw = {"episodes": config.episodes, "num_seeds": config.num_seeds, "alpha": config.alpha, "gamma": config.gamma,
-              "max_steps": config.max_steps, "seed": config.seed}
+              "max_episode_steps": config.max_episode_steps, "seed": config.seed}
     if method == "td0":
         policy = None
         if config.policy == "optimal":
@@ -229,7 +214,6 @@ def _make_learner(method: str, config) -> tl.Learner:
 
 
 def _train_learner(method: str, config, run=None) -> dict:
-    from mlcanon.runs import Run
     validate(config)
     learner = _make_learner(method, config)
     mdp = learner.sim.mdp.with_gamma(learner.gamma) if learner.sim.mdp is not None else None
@@ -237,8 +221,7 @@ def _train_learner(method: str, config, run=None) -> dict:
     V_star, _pi_star = _optimum(mdp)
     V_target = None
     if prediction and mdp is not None:
-        from mlcanon.rl import dp
-        V_target = dp.policy_evaluation(mdp, learner.policy)          # V^pi, the prediction target
+            V_target = dp.policy_evaluation(mdp, learner.policy)          # V^pi, the prediction target
     if run is None:
         run = Run.create(method, config)
         run.log_hparams(config)
@@ -255,7 +238,7 @@ def _train_learner(method: str, config, run=None) -> dict:
     def greedy_value():
         if mdp is None:
             return None
-        V = tl.policy_value(mdp, tl.greedy_policy(learner.Q), config.max_steps)   # [N, S]
+        V = tl.policy_value(mdp, dp.greedy(learner.Q), config.max_episode_steps)   # [N, S]
         return V @ mdp.start                                                       # per seed
 
     def metrics_at(e: int) -> dict:
@@ -290,7 +273,6 @@ def _train_learner(method: str, config, run=None) -> dict:
     out: dict = {"run_dir": str(run.dir), "episodes": E, "num_seeds": config.num_seeds, "env": config.env,
                  "gamma": learner.gamma, "steps": res.steps,
                  "train_return_last10pct": float(res.returns[:, -max(1, E // 10):].mean())}
-    from mlcanon.rl import plots
     shape = _shape(config.env, learner.S)
     if prediction:
         V_mean = res.V.mean(0)
@@ -303,7 +285,7 @@ def _train_learner(method: str, config, run=None) -> dict:
         Q0 = res.Q[0]
         if mdp is not None:
             g = greedy_value()
-            out["greedy_return_mean"], out["greedy_return_ci95"] = _ci95(g) if len(g) > 1 else (float(g[0]), 0.0)
+            out["greedy_return_mean"], out["greedy_return_ci95"] = _mean_ci95(g)
             if V_star is not None:
                 out["dp_optimum"] = float(V_star @ mdp.start)
                 out["gap"] = out["dp_optimum"] - out["greedy_return_mean"]
@@ -311,9 +293,9 @@ def _train_learner(method: str, config, run=None) -> dict:
             term = mdp.terminal if mdp is not None else None
             plots.plot_values(Q0.max(1), shape, run.dir / "values.png", title=f"{method}: max_a Q (seed 0)",
                               terminal=term)
-            plots.plot_policy(tl.greedy_policy(Q0), shape, run.dir / "policy.png", V=Q0.max(1), terminal=term,
+            plots.plot_policy(dp.greedy(Q0), shape, run.dir / "policy.png", V=Q0.max(1), terminal=term,
                               title=f"{method}: greedy policy (seed 0)")
-            _epsilon_plot(res.epsilon, run.dir / "epsilon.png")
+            plots.plot_schedule(res.epsilon, run.dir / "epsilon.png")
     if run.enabled:
         plots.plot_curves_band({method: res.returns}, run.dir / "curves_band.png", ylabel="episode return",
                                smooth=max(1, E // 50))
@@ -322,7 +304,6 @@ def _train_learner(method: str, config, run=None) -> dict:
 
 
 def _load(run_dir):
-    from mlcanon.runs import load_checkpoint
     algo, config = algorithm_of_run(run_dir)
     loaded = load_checkpoint(run_dir)
     if loaded is None:
@@ -330,7 +311,7 @@ def _load(run_dir):
     return algo, config, loaded[0]
 
 
-def _greedy_returns(env, policy: np.ndarray, episodes: int, max_steps: int, seed: int) -> np.ndarray:
+def _greedy_returns(env, policy: np.ndarray, episodes: int, max_episode_steps: int, seed: int) -> np.ndarray:
     """Returns of ``episodes`` greedy episodes per policy row ([M, S] int) -> [M * episodes]."""
     mdp = _mdp(env, None)
     pol = np.repeat(np.atleast_2d(policy), episodes, axis=0)
@@ -340,7 +321,7 @@ def _greedy_returns(env, policy: np.ndarray, episodes: int, max_steps: int, seed
     s = sim.reset(np.arange(M), rng.random(M))
     G = np.zeros(M)
     live = np.ones(M, dtype=bool)
-    for _ in range(max_steps):
+    for _ in range(max_episode_steps):
         s2, r, term, trunc = sim.step(s, pol[np.arange(M), s], rng.random(M))
         G += r * live
         live &= ~term & (~trunc if trunc is not None else True)
@@ -357,9 +338,9 @@ def _evaluate_learner(run_dir, episodes: int = 100) -> dict:
                         f"{algo.name} predicts values - see result.json")
     Q = state["learner"]["Q"]
     mdp = _mdp(config.env, None)
-    pol = tl.greedy_policy(Q if mdp is not None else Q[:1])          # model-free: seed 0 only (real envs)
-    G = _greedy_returns(config.env, pol, episodes, config.max_steps, config.seed)
-    mean, half = _ci95(G)
+    pol = dp.greedy(Q if mdp is not None else Q[:1])                 # model-free: seed 0 only (real envs)
+    G = _greedy_returns(config.env, pol, episodes, config.max_episode_steps, config.seed)
+    mean, half = _mean_ci95(G)
     out = {"eval/return_mean": mean, "eval/return_ci95": half, "episodes": len(G)}
     gamma = config.gamma if config.gamma is not None else (mdp.gamma if mdp is not None else None)
     if mdp is not None and gamma == 1.0:
@@ -373,7 +354,6 @@ def _evaluate_learner(run_dir, episodes: int = 100) -> dict:
 def _sample_tabular(run_dir, n: int = 64, out=None) -> Path:
     algo, config, state = _load(run_dir)
     out = Path(out) if out else Path(run_dir) / "samples.png"
-    from mlcanon.rl import plots
     mdp = _mdp(config.env, None)
     if "learner" in state:
         Q = state["learner"]["Q"][0]
@@ -382,14 +362,13 @@ def _sample_tabular(run_dir, n: int = 64, out=None) -> Path:
             S = len(V)
             plots.plot_values(V, _shape(config.env, S), out, title=f"{algo.name}: V (mean over seeds)")
             return out
-        pi, V = tl.greedy_policy(Q), Q.max(1)
+        pi, V = dp.greedy(Q), Q.max(1)
     else:
         pi, V = np.asarray(state["policy"]), np.asarray(state["V"])
     shape = _shape(config.env, len(V))
     plots.plot_policy(pi, shape, out, V=V, terminal=mdp.terminal if mdp is not None else None,
                       title=f"{algo.name}: greedy policy over values")
     # a text rollout of the greedy policy (up to n steps)
-    from mlcanon.rl.envs import make
     try:
         env = make(config.env, render_mode="ansi")
     except TypeError:
@@ -434,8 +413,6 @@ train_td0 = _learner_entry("td0", TD0Config, "TD(0) prediction of a policy's val
 
 # ------------------------------------------------------------------------------------------ DP
 def _train_dp(name: str, config, run=None) -> dict:
-    from mlcanon.rl import dp, plots
-    from mlcanon.runs import Run
     validate(config)
     mdp = _mdp(config.env, config.gamma)
     if mdp is None:
@@ -465,8 +442,9 @@ def _train_dp(name: str, config, run=None) -> dict:
 
 def _evaluate_dp(run_dir, episodes: int = 100) -> dict:
     _, config, state = _load(run_dir)
-    G = _greedy_returns(config.env, np.asarray(state["policy"])[None], episodes, config.max_steps, config.seed)
-    mean, half = _ci95(G)
+    G = _greedy_returns(config.env, np.asarray(state["policy"])[None], episodes, config.max_episode_steps,
+                        config.seed)
+    mean, half = _mean_ci95(G)
     return {"eval/return_mean": mean, "eval/return_ci95": half, "episodes": len(G)}
 
 
@@ -488,13 +466,12 @@ def train_policy_iteration(config, run=None):
 def _evaluate_bandit(run_dir, episodes: int = 100) -> dict:
     _, _config, state = _load(run_dir)
     cr = np.asarray(state["cumulative_regret"])                       # [R] final cumulative regret per run
-    mean, half = _ci95(cr)
+    mean, half = _mean_ci95(cr)
     return {"eval/cumulative_regret": mean, "eval/cumulative_regret_ci95": half,
             "eval/optimal_action_last10pct": float(state["optimal_last10pct"]), "runs": len(cr)}
 
 
 def _sample_bandit(run_dir, n: int = 64, out=None) -> Path:
-    from mlcanon.rl import plots
     _, config, state = _load(run_dir)
     out = Path(out) if out else Path(run_dir) / "samples.png"
     plots.plot_curves_band({config.strategy: np.asarray(state["regret_curves"])}, out, xlabel="step",
@@ -507,31 +484,29 @@ def _sample_bandit(run_dir, n: int = 64, out=None) -> Path:
           evaluate=_evaluate_bandit, sample=_sample_bandit)
 def train_bandit(config, run=None):
     """Play the strategy on ``num_seeds`` random problems; log regret; write regret.png and result.json."""
-    from mlcanon.rl import plots
-    from mlcanon.runs import Run
     validate(config)
     if run is None:
         run = Run.create("bandit", config)
         run.log_hparams(config)
     problem = bd.testbed(config.num_seeds, config.arms, config.testbed, seed=config.seed)
-    res = bd.run_bandit(problem, config.strategy, config.steps, seed=config.seed + 1, epsilon=config.epsilon,
+    res = bd.run_bandit(problem, config.strategy, config.total_steps, seed=config.seed, epsilon=config.epsilon,
                         c=config.c, alpha=config.alpha, baseline=config.baseline)
     cr = res.cumulative_regret
-    k = _every(config.log_every, config.steps, 200)
-    for t in range(k, config.steps + 1, k):
+    k = _every(config.log_every, config.total_steps, 200)
+    for t in range(k, config.total_steps + 1, k):
         run.log(t, {"train/regret": float(res.regret[:, t - 1].mean()),
                     "train/cumulative_regret": float(cr[:, t - 1].mean()),
                     "rollout/reward": float(res.rewards[:, t - 1].mean()),
                     "train/optimal_action": float(res.optimal[:, t - 1].mean())})
-    last = res.optimal[:, -max(1, config.steps // 10):].mean()
-    stride = max(1, config.steps // 500)
+    last = res.optimal[:, -max(1, config.total_steps // 10):].mean()
+    stride = max(1, config.total_steps // 500)
     run.save({"cumulative_regret": cr[:, -1].copy(), "regret_curves": cr[:, ::stride].copy(),
-              "optimal_last10pct": float(last)}, config.steps)
-    mean, half = _ci95(cr[:, -1])
+              "optimal_last10pct": float(last)}, config.total_steps)
+    mean, half = _mean_ci95(cr[:, -1])
     out = {"run_dir": str(run.dir), "strategy": config.strategy, "cumulative_regret": mean,
            "cumulative_regret_ci95": half, "optimal_action_last10pct": float(last)}
     if run.enabled:
         plots.plot_curves_band({config.strategy: cr[:, ::stride]}, run.dir / "regret.png", xlabel="step",
-                               ylabel="cumulative regret", x=np.arange(config.steps)[::stride] + 1)
+                               ylabel="cumulative regret", x=np.arange(config.total_steps)[::stride] + 1)
     run.finish(out)
     return {**out, "result": res}

@@ -1,16 +1,23 @@
 """Tabular learning from interaction (S&B ch. 5-7): Monte Carlo, TD(0), SARSA, expected SARSA, Q-learning, n-step.
 
+The algorithms (the CLI entries that train them are in :mod:`mlcanon.rl.tabular_cli`).
+
 Vectorized over seeds: ``N`` independent learners are ONE array (Q-tables ``[N, S, A]``, states ``[N]``), and
 environments with a model (an :class:`~mlcanon.rl.mdp.MDP`) are simulated for all seeds at once from its tables:
 ``s' ~ P[s, a]`` by comparing one uniform per seed with the cumulative sums, reward ``R[s, a]`` (the expected
-reward). Every draw comes from one :class:`numpy.random.Generator` per run, in a fixed order, so the same seed
-gives the same result. Episodes end at terminal states (no bootstrap) or at the ``max_steps`` time limit
+reward). Episodes end at terminal states (no bootstrap) or at the ``max_episode_steps`` time limit
 (truncation: the target bootstraps from the last state, it is NOT treated as terminal).
+
+N seeds are N independent runs: seed i = ``seed + i`` draws every uniform from its own stream
+(:class:`~mlcanon.rl.streams.SeedStreams`) in an order fixed by its own trajectory, so row i of an N-seed run is
+bitwise the run with ``seed + i`` and ``num_seeds=1``. One-step TD methods read the same number of uniforms
+per step for every seed (``W`` columns: action, transition, reset), which keeps the streams aligned and the
+read one slice.
 
 Seeds run asynchronously: each seed starts its next episode as soon as the last one ends, and stops once it
 has done ``episodes`` episodes (Monte Carlo runs the seeds' episodes in lock-step, since it learns only at
-episode ends). Gymnasium environments without a model (Discrete observation and action spaces) are stepped
-for real, one env per seed.
+episode ends; a seed that waits reads nothing). Gymnasium environments without a model (Discrete observation
+and action spaces) are stepped for real, one env per seed, seeded from the seed's own ``ENV`` stream.
 
 Entry points: :func:`q_learning`, :func:`sarsa`, :func:`expected_sarsa`, :func:`nstep_sarsa`,
 :func:`td0_prediction`, :func:`nstep_td_prediction`, :func:`mc_prediction`, :func:`mc_control`; the
@@ -22,11 +29,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import gymnasium as gym
 import numpy as np
 
 from mlcanon.errors import UserError
+from mlcanon.rl import envs as envs_mod
 from mlcanon.rl import exploration as ex
 from mlcanon.rl.mdp import MDP
+from mlcanon.rl.streams import ENV, SeedStreams, int_seed
 
 CONTROL = ("q-learning", "sarsa", "expected-sarsa", "nstep-sarsa", "mc")
 PREDICTION = ("td0", "nstep-td", "mc-prediction")
@@ -56,8 +66,10 @@ class MDPSim:
         """Start states for seeds ``idx``: s0 ~ start distribution, by inverse CDF of ``u`` [len(idx)]."""
         return (u[:, None] >= self.start_cum[None, :]).sum(-1)
 
-    def step(self, s: np.ndarray, a: np.ndarray, u: np.ndarray):
-        """(s', r, terminated, env_truncated=None) per seed: s' ~ P[s, a] by inverse CDF of u, r = R[s, a]."""
+    def step(self, s: np.ndarray, a: np.ndarray, u: np.ndarray, idx: np.ndarray | None = None):
+        """(s', r, terminated, env_truncated=None) per seed: s' ~ P[s, a] by inverse CDF of u, r = R[s, a].
+
+        ``idx``: the seeds that the rows belong to (None: all); the model is the same for every seed."""
         if self.next is not None:
             s2 = self.next[s, a]
         else:
@@ -70,8 +82,6 @@ class GymSim:
     """N real gymnasium envs (Discrete spaces, no model), stepped one at a time."""
 
     def __init__(self, env_id, num_seeds: int, seed: int):
-        import gymnasium as gym
-
         self.envs = [gym.make(env_id) if isinstance(env_id, str) else env_id for _ in range(num_seeds)]
         if not isinstance(env_id, str) and num_seeds > 1:
             raise UserError("a gymnasium Env object supports --num-seeds 1 only; pass its id to run several")
@@ -88,24 +98,26 @@ class GymSim:
         self.has_model = False
 
     def reset(self, idx, u):
-        """Reset envs ``idx`` (seeded with seed + n on their first reset); ``u`` is unused."""
+        """Reset envs ``idx`` (env n seeded from the ENV stream of seed + n on its first reset); ``u`` is unused."""
         out = np.empty(len(idx), dtype=np.int64)
         for k, n in enumerate(idx):
-            seed = None if self.started[n] else int(self.seed) * 100_003 + int(n)
+            seed = None if self.started[n] else int_seed(int(self.seed) + int(n), ENV)
             self.started[n] = True
             out[k] = self.envs[n].reset(seed=seed)[0]
         return out
 
-    def step(self, s, a, u):
-        """Step every env once; ``u`` is unused (the envs have their own seeded generators)."""
-        N = len(a)
-        s2 = np.empty(N, dtype=np.int64)
-        r = np.empty(N)
-        term = np.empty(N, dtype=bool)
-        trunc = np.empty(N, dtype=bool)
-        for n in range(N):
-            o, rew, te, tr, _ = self.envs[n].step(int(a[n]))
-            s2[n], r[n], term[n], trunc[n] = o, rew, te, tr
+    def step(self, s, a, u, idx=None):
+        """Step envs ``idx`` (None: all) once with actions ``a``; ``u`` is unused (the envs have their own
+        seeded generators)."""
+        idx = range(self.N) if idx is None else idx
+        M = len(a)
+        s2 = np.empty(M, dtype=np.int64)
+        r = np.empty(M)
+        term = np.empty(M, dtype=bool)
+        trunc = np.empty(M, dtype=bool)
+        for k, n in enumerate(idx):
+            o, rew, te, tr, _ = self.envs[n].step(int(a[k]))
+            s2[k], r[k], term[k], trunc[k] = o, rew, te, tr
         return s2, r, term, trunc
 
 
@@ -113,7 +125,6 @@ def resolve_env(env) -> tuple[MDP | None, object]:
     """(MDP or None, env spec): an MDP as is; an id / Env through mlcanon.rl.envs.mdp_of, None when model-free."""
     if isinstance(env, MDP):
         return env, env
-    from mlcanon.rl import envs as envs_mod
     obj = envs_mod.make(env) if isinstance(env, str) else env      # unknown ids: a UserError naming them
     try:
         return envs_mod.mdp_of(obj), env
@@ -130,11 +141,6 @@ def make_sim(env, num_seeds: int, seed: int):
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def greedy_policy(Q: np.ndarray) -> np.ndarray:
-    """pi(s) = argmax_a Q(s, a) (lowest index on ties) for Q of shape [..., S, A]."""
-    return Q.argmax(-1)
-
-
 def policy_value(mdp: MDP, policy: np.ndarray, horizon: int, gamma: float | None = None) -> np.ndarray:
     """Expected return of deterministic policies ``policy`` [N, S] within ``horizon`` steps -> V [N, S].
 
@@ -178,28 +184,32 @@ class LearnResult:
 class Learner:
     """N seeds of one tabular method, advanced in chunks of whole-run progress and checkpointable.
 
-    Progress is counted in episodes completed by *every* seed (``min(episode counters)``).
+    Progress is counted in episodes completed by *every* seed (``min(episode counters)``). Seed i is
+    ``seed + i``: its uniforms come from its own stream, so its row equals the single run with that seed.
     """
 
     def __init__(self, method: str, env, *, episodes: int, num_seeds: int = 1, alpha: float | None = 0.1,
-                 gamma: float | None = None, schedule=None, max_steps: int = 200, n: int = 1,
+                 gamma: float | None = None, schedule=None, max_episode_steps: int = 200, n: int = 1,
                  first_visit: bool = True, exploring_starts: bool = False, policy: np.ndarray | None = None,
                  seed: int = 0, q_init: float = 0.0):
         if method not in METHODS:
             raise UserError(f"unknown tabular method {method!r}; use one of {', '.join(METHODS)}")
-        if episodes < 1 or num_seeds < 1 or max_steps < 1 or n < 1:
-            raise UserError("--episodes, --num-seeds, --max-steps and --n must be >= 1")
+        if episodes < 1 or num_seeds < 1 or max_episode_steps < 1 or n < 1:
+            raise UserError("--episodes, --num-seeds, --max-episode-steps and --n must be >= 1")
         if alpha is not None and not 0.0 < alpha <= 1.0:
             raise UserError(f"--alpha must be in (0, 1], got {alpha}")
         if alpha is None and method not in ("mc", "mc-prediction"):
             raise UserError(f"{method} needs a step size: give --alpha (e.g. 0.1)")
         self.method, self.E, self.N = method, int(episodes), int(num_seeds)
-        self.alpha, self.max_steps, self.n = alpha, int(max_steps), int(n)
+        self.alpha, self.max_episode_steps, self.n = alpha, int(max_episode_steps), int(n)
         self.first_visit, self.exploring_starts = first_visit, exploring_starts
-        self.rng = np.random.default_rng(seed)
-        self.sim = make_sim(env, self.N, seed)
+        self.seed = int(seed)
+        self.sim = make_sim(env, self.N, self.seed)
         S, A = self.sim.S, self.sim.A
         self.S, self.A = S, A
+        self.rng = SeedStreams(self.seed + np.arange(self.N))     # seed i reads only its own stream
+        # uniforms read per step: action (A + 2, see ex.epsilon_greedy), transition, reset (+ n-step's A_0)
+        self.W = 2 * A + 6 if method in ("nstep-sarsa", "nstep-td") else A + 4
         mdp_gamma = self.sim.mdp.gamma if self.sim.mdp is not None else None
         self.gamma = float(gamma if gamma is not None else (mdp_gamma if mdp_gamma is not None else 0.99))
         if not 0.0 <= self.gamma <= 1.0:
@@ -228,27 +238,27 @@ class Learner:
         self.G = np.zeros(self.N)
         self.steps = 0
         self.ar = np.arange(self.N)
+        self.row0 = self.ar * S                               # row of (seed n, state 0) in Q viewed as [N*S, A]
         self._init_episode_state()
 
     # -- shared pieces -----------------------------------------------------------------------------
     def _eps(self, ep):
         return self.eps_table[np.minimum(ep, self.E - 1)]
 
-    def _act(self, s, ep, idx=None):
-        """Behaviour action for seeds ``idx`` (default all) in states ``s``: epsilon-greedy on Q (control)
-        or a ~ pi(.|s) (prediction)."""
+    def _act(self, s, ep, u, idx=None):
+        """Behaviour action for seeds ``idx`` (default all) in states ``s`` from their uniforms ``u`` [., A + 2]:
+        epsilon-greedy on Q (control) or a ~ pi(.|s) by inverse CDF (prediction)."""
         if self.prediction:
-            return ex.sample_categorical(self.policy[s], self.rng.random(len(s)))
-        return ex.epsilon_greedy(self.Q[self.ar if idx is None else idx, s], self._eps(ep), self.rng)
-
-    def _reset(self, idx):
-        return self.sim.reset(idx, self.rng.random(len(idx)))
+            return ex.sample_categorical(self.policy[s], u[:, 0])
+        rows = (self.row0 if idx is None else self.row0[idx]) + s
+        return ex.epsilon_greedy(self.Q.reshape(-1, self.A)[rows], self._eps(ep), u)
 
     def _init_episode_state(self):
-        N = self.N
-        self.s = self._reset(self.ar)
+        N, A = self.N, self.A
+        u = self.rng.draw(A + 4)                              # start state, exploring start, first action
+        self.s = self.sim.reset(self.ar, u[:, 0])
         if self.method in ("sarsa", "nstep-sarsa", "nstep-td"):
-            self.a = self._act(self.s, self.ep)
+            self.a = self._act(self.s, self.ep, u[:, 2:])
         if self.method in ("nstep-sarsa", "nstep-td"):
             L = self.n + 1                                    # circular buffers of the last n+1 steps
             self.bS = np.zeros((N, L), dtype=np.int64)
@@ -258,7 +268,7 @@ class Learner:
             self.T = np.full(N, np.iinfo(np.int64).max)       # episode end time (inf until it ends)
             self.trunc = np.zeros(N, dtype=bool)
         if self.method in ("mc", "mc-prediction"):
-            M = self.max_steps
+            M = self.max_episode_steps
             self.bS = np.zeros((N, M + 1), dtype=np.int64)
             self.bA = np.zeros((N, M + 1), dtype=np.int64)
             self.bR = np.zeros((N, M))
@@ -268,11 +278,10 @@ class Learner:
             self.trunc = np.zeros(N, dtype=bool)
             self.count = np.zeros((N, self.S, self.A))        # N(s, a) visits for sample averages
             if self.exploring_starts:
-                self._exploring_start(self.ar)
+                self._exploring_start(self.ar, u[:, 1])
 
-    def _exploring_start(self, idx):
+    def _exploring_start(self, idx, u):
         """S&B 5.3 exploring starts: S0 uniform over non-terminal states (and A0 uniform, drawn in _mc_step)."""
-        u = self.rng.random(len(idx))
         nonterm = np.flatnonzero(~self.sim.terminal)
         self.s[idx] = nonterm[np.minimum((u * len(nonterm)).astype(np.int64), len(nonterm) - 1)]
 
@@ -287,56 +296,62 @@ class Learner:
 
     # -- one env step of the one-step methods --------------------------------------------------------
     def _td_step(self):
-        ar, s, ep, g, m = self.ar, self.s, self.ep, self.gamma, self.method
+        ar, s, ep, g, m, A = self.ar, self.s, self.ep, self.gamma, self.method, self.A
         live = ep < self.E                                    # seeds still learning
-        a = self.a if m == "sarsa" else self._act(s, ep)
-        s2, r, term, etrunc = self.sim.step(s, a, self.rng.random(self.N))
-        self.steps += int(live.sum())
+        u = self.rng.draw(self.W)                             # [N, W]: every seed's own next W uniforms
+        ua, u_env, u_reset = u[:, :A + 2], u[:, A + 2], u[:, A + 3]
+        a = self.a if m == "sarsa" else self._act(s, ep, ua)
+        s2, r, term, etrunc = self.sim.step(s, a, u_env)
+        self.steps += int(np.count_nonzero(live))
         self.t += live
         self.G += r * live
-        ended = live & (term | (self.t >= self.max_steps) | (etrunc if etrunc is not None else False))
+        ended = live & (term | (self.t >= self.max_episode_steps) | (etrunc if etrunc is not None else False))
         not_term = ~term
         if m == "td0":
             target = r + g * self.V[ar, s2] * not_term       # TD target r + gamma*V(s')      (S&B eq. 6.2)
             self.V[ar, s] += self.alpha * (target - self.V[ar, s]) * live   # V(s) += alpha*(target - V(s))
         else:
-            q2 = self.Q[ar, s2]                               # [N, A] Q(s', .)
+            Qr, Qf = self.Q.reshape(-1, A), self.Q.reshape(-1)  # views [N*S, A] and [N*S*A]
+            q2 = Qr[self.row0 + s2]                           # [N, A] Q(s', .)
             if m == "q-learning":
                 boot = q2.max(-1)                             # max_a' Q(s', a')
             elif m == "expected-sarsa":
                 boot = (ex.epsilon_greedy_probs(q2, self._eps(ep)) * q2).sum(-1)  # sum_a' pi(a'|s') Q(s', a')
             else:                                             # sarsa: A' ~ eps-greedy(Q(S', .)), chosen first
-                a2 = ex.epsilon_greedy(q2, self._eps(ep), self.rng)
+                a2 = ex.epsilon_greedy(q2, self._eps(ep), ua)
                 boot = np.where(ended, (ex.epsilon_greedy_probs(q2, self._eps(ep)) * q2).sum(-1),
                                 q2[ar, a2])                   # Q(S', A'); at a time limit its expectation
             target = r + g * boot * not_term                  # terminal: no bootstrap; truncation: bootstrap
+            sa = (self.row0 + s) * A + a                      # flat index of (n, s, a)
             # Q-learning: Q(s,a) += alpha*(r + gamma*max_a' Q(s',a') - Q(s,a))          (S&B eq. 6.8)
             # SARSA:      Q(s,a) += alpha*(r + gamma*Q(s',a') - Q(s,a))                 (S&B eq. 6.7)
             # Exp. SARSA: Q(s,a) += alpha*(r + gamma*sum_a' pi(a'|s')Q(s',a') - Q(s,a)) (S&B eq. 6.9)
-            self.Q[ar, s, a] += self.alpha * (target - self.Q[ar, s, a]) * live
+            Qf[sa] += self.alpha * (target - Qf[sa]) * live
         s_next = s2
         if ended.any():
             idx = np.flatnonzero(ended)
             self._finish(idx)
             s_next = s2.copy()
-            s_next[idx] = self._reset(idx)
+            s_next[idx] = self.sim.reset(idx, u_reset[idx])
         self.s = s_next
         if m == "sarsa":
-            if ended.any():
-                a2 = a2.copy()
-                a2[idx] = self._act(s_next[idx], self.ep[idx], idx)
+            if ended.any():                                   # A_0 of the new episode; the A' drawn from these
+                a2 = a2.copy()                                # uniforms above was never used (ended: no Q(S', A'))
+                a2[idx] = self._act(s_next[idx], self.ep[idx], ua[idx], idx)
             self.a = a2
 
     # -- one iteration of n-step TD / n-step SARSA (S&B sec. 7.1-7.2) --------------------------------
     def _nstep_step(self):
-        ar, n, g, L = self.ar, self.n, self.gamma, self.n + 1
+        ar, n, g, L, A = self.ar, self.n, self.gamma, self.n + 1, self.A
         live = self.ep < self.E
         t, T = self.t, self.T
+        u = self.rng.draw(self.W)                             # transition, A_{t+1}, reset, A_0
+        u_env, ua2, u_reset, ua0 = u[:, 0], u[:, 1:A + 3], u[:, A + 3], u[:, A + 4:]
         stepping = live & (t < T)                             # "if t < T: take A_t, observe R_{t+1}, S_{t+1}"
         cur = t % L
         s, a = self.bS[ar, cur], self.bA[ar, cur]
-        s2, r, term, etrunc = self.sim.step(s, a, self.rng.random(self.N))
-        a2 = self._act(s2, self.ep)                           # A_{t+1} ~ pi(.|S_{t+1}) (used unless S_{t+1} terminal)
+        s2, r, term, etrunc = self.sim.step(s, a, u_env)
+        a2 = self._act(s2, self.ep, ua2)                      # A_{t+1} ~ pi(.|S_{t+1}) (used unless S_{t+1} terminal)
         nxt = (t + 1) % L
         stepping_idx = np.flatnonzero(stepping)
         self.bR[stepping_idx, nxt[stepping_idx]] = r[stepping_idx]
@@ -344,7 +359,7 @@ class Learner:
         self.bA[stepping_idx, nxt[stepping_idx]] = a2[stepping_idx]
         self.G += r * stepping
         self.steps += int(stepping.sum())
-        limit = (t + 1 >= self.max_steps) | (etrunc if etrunc is not None else False)
+        limit = (t + 1 >= self.max_episode_steps) | (etrunc if etrunc is not None else False)
         ends = stepping & (term | limit)
         self.T = np.where(ends, t + 1, T)                     # T <- t + 1
         self.trunc = np.where(ends, ~term & limit, self.trunc)
@@ -372,39 +387,39 @@ class Learner:
             idx = np.flatnonzero(done)
             self.t[idx] = self.T[idx]                         # episode length for the record
             self._finish(idx)
-            s0 = self._reset(idx)
-            a0 = self._act(s0, self.ep[idx], idx)
+            s0 = self.sim.reset(idx, u_reset[idx])
+            a0 = self._act(s0, self.ep[idx], ua0[idx], idx)
             self.bS[idx, 0], self.bA[idx, 0] = s0, a0
             self.T[idx] = np.iinfo(np.int64).max
             self.trunc[idx] = False
 
     # -- Monte Carlo: seeds play episode e in lock-step, then learn backwards (S&B sec. 5.1-5.4) ------
     def _mc_step(self):
-        ar, live = self.ar, (self.ep < self.E) & ~self.done
-        s, t = self.s, self.t
+        A, live = self.A, (self.ep < self.E) & ~self.done
+        li = np.flatnonzero(live)                             # only seeds still in their episode step and read
+        s, t = self.s[li], self.t[li]
+        u = self.rng.draw(A + 4, li)                          # action (A + 2), exploring A_0, transition
         if self.prediction:
-            a = ex.sample_categorical(self.policy[s], self.rng.random(self.N))
+            a = ex.sample_categorical(self.policy[s], u[:, 0])
         else:
-            a = ex.epsilon_greedy(self.Q[ar, s], 0.0 if self.exploring_starts else self._eps(self.ep), self.rng)
-            if self.exploring_starts:
-                u = self.rng.random(self.N)                   # A0 uniform at an exploring start
-                a = np.where(t == 0, np.minimum((u * self.A).astype(np.int64), self.A - 1), a)
-        s2, r, term, etrunc = self.sim.step(s, a, self.rng.random(self.N))
-        li = np.flatnonzero(live)
-        tl = t[li]
-        self.bS[li, tl], self.bA[li, tl], self.bR[li, tl] = s[li], a[li], r[li]
-        ak = np.zeros_like(a[li]) if self.prediction else a[li]   # prediction: visits of s; control: of (s, a)
-        self.first[li, tl] = ~self.seen[li, s[li], ak]       # first visit in this episode?
-        self.seen[li, s[li], ak] = True
-        self.bS[li, tl + 1] = s2[li]
-        self.G[li] += r[li]
+            a = ex.epsilon_greedy(self.Q[li, s], 0.0 if self.exploring_starts else self._eps(self.ep[li]),
+                                  u[:, :A + 2])
+            if self.exploring_starts:                         # A0 uniform at an exploring start
+                a = np.where(t == 0, np.minimum((u[:, A + 2] * A).astype(np.int64), A - 1), a)
+        s2, r, term, etrunc = self.sim.step(s, a, u[:, A + 3], li)
+        self.bS[li, t], self.bA[li, t], self.bR[li, t] = s, a, r
+        ak = np.zeros_like(a) if self.prediction else a       # prediction: visits of s; control: of (s, a)
+        self.first[li, t] = ~self.seen[li, s, ak]             # first visit in this episode?
+        self.seen[li, s, ak] = True
+        self.bS[li, t + 1] = s2
+        self.G[li] += r
         self.steps += len(li)
-        self.t[li] += 1
-        self.s = np.where(live, s2, s)
-        limit = (self.t >= self.max_steps) | (etrunc if etrunc is not None else False)
-        ended = live & (term | limit)
-        self.done |= ended
-        self.trunc |= ended & ~term
+        self.t[li] = t + 1
+        self.s[li] = s2
+        limit = (t + 1 >= self.max_episode_steps) | (etrunc if etrunc is not None else False)
+        ended = term | limit
+        self.done[li] |= ended
+        self.trunc[li] |= ended & ~term
         if np.all(self.done | (self.ep >= self.E)):
             self._mc_learn()
 
@@ -435,12 +450,13 @@ class Learner:
                 self.Q[ar, st, at] += step * (G - self.Q[ar, st, at]) * m  # Q(s,a) <- average of returns (S&B 5.3/5.4)
         idx = np.flatnonzero(learn)
         self._finish(idx)
-        self.s[idx] = self._reset(idx)
+        u = self.rng.draw(2, idx)                             # next start state, exploring start
+        self.s[idx] = self.sim.reset(idx, u[:, 0])
         self.seen[:] = False
         self.done[:] = False
         self.trunc[:] = False
         if self.exploring_starts:
-            self._exploring_start(idx)
+            self._exploring_start(idx, u[:, 1])
 
     # -- driving -----------------------------------------------------------------------------------
     @property
@@ -474,12 +490,9 @@ class Learner:
               "first", "seen", "done", "count")
 
     def state_dict(self) -> dict:
-        """Every array of the learner's state plus the generator state (ints as strings; no pickle)."""
+        """Every array of the learner's state plus each seed's position in its random stream (no pickle)."""
         d = {k: getattr(self, k).copy() for k in self._STATE if hasattr(self, k)}
-        st = self.rng.bit_generator.state
-        d["rng"] = {"bit_generator": st["bit_generator"], "state": str(st["state"]["state"]),
-                    "inc": str(st["state"]["inc"]), "has_uint32": int(st["has_uint32"]),
-                    "uinteger": int(st["uinteger"])}
+        d["rng"] = self.rng.state_dict()
         d["steps"] = int(self.steps)
         if isinstance(self.sim, GymSim):
             d["gym_started"] = self.sim.started.copy()
@@ -490,10 +503,7 @@ class Learner:
         for k in self._STATE:
             if k in d:
                 setattr(self, k, np.array(d[k]))
-        r = d["rng"]
-        self.rng.bit_generator.state = {"bit_generator": r["bit_generator"],
-                                        "state": {"state": int(r["state"]), "inc": int(r["inc"])},
-                                        "has_uint32": int(r["has_uint32"]), "uinteger": int(r["uinteger"])}
+        self.rng.load_state_dict(d["rng"])
         self.steps = int(d["steps"])
 
 
@@ -506,7 +516,7 @@ def q_learning(env, episodes: int, **kw) -> LearnResult:
     """Off-policy TD control: Q(s,a) += alpha*(r + gamma*max_a' Q(s',a') - Q(s,a)) (S&B eq. 6.8).
 
     Keywords (all methods): num_seeds, alpha, gamma (None: the env's), schedule (an epsilon schedule over
-    episodes), max_steps, seed, q_init.
+    episodes), max_episode_steps, seed, q_init.
     """
     return _learn("q-learning", env, episodes, **kw)
 
