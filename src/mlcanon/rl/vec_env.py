@@ -172,9 +172,13 @@ class VecEnv:
 # ----------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_episodes(policy, env_id: str, episodes: int, seed: int, max_episode_steps: int | None = None,
-                      batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+                      batch: int = 32, record: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(returns [episodes], lengths [episodes]) of ``policy(obs [n, ...] float32) -> actions [n, ...]``,
-    run on up to ``batch`` envs at once; episode j is seeded by (seed, j), so the result repeats exactly."""
+    run on up to ``batch`` envs at once; episode j is seeded by (seed, j), so the result repeats exactly.
+
+    With a list ``record``, one dict per episode (in episode order) of its ``obs``, ``actions``, ``rewards``,
+    ``terminated`` and ``truncated`` arrays is appended to it.
+    """
     kw = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
     returns = np.zeros(episodes, dtype=np.float64)
     lengths = np.zeros(episodes, dtype=np.int64)
@@ -184,18 +188,27 @@ def evaluate_episodes(policy, env_id: str, episodes: int, seed: int, max_episode
         ids = list(range(start, min(start + len(envs), episodes)))
         obs = [_encode(space, envs[k].reset(seed=_seed_key(seed, 104_729, j) % (2**31 - 1))[0])
                for k, j in enumerate(ids)]
+        logs: list[dict[str, list]] = [{"obs": [], "actions": [], "rewards": [], "terminated": [], "truncated": []}
+                                       for _ in ids]
         alive = list(range(len(ids)))
         while alive:
             acts = np.asarray(policy(np.stack([obs[k] for k in alive])))
             still = []
             for a, k in zip(acts, alive):
                 o, r, te, tr, _ = envs[k].step(a.item() if a.ndim == 0 else a)
+                if record is not None:
+                    for key, v in zip(("obs", "actions", "rewards", "terminated", "truncated"),
+                                      (obs[k], a, r, te, tr)):
+                        logs[k][key].append(v)
                 returns[ids[k]] += r
                 lengths[ids[k]] += 1
                 obs[k] = _encode(space, o)
                 if not (te or tr):
                     still.append(k)
             alive = still
+        if record is not None:
+            record.extend({k: np.asarray(v, dtype=np.float32 if k in ("obs", "rewards") else None)
+                           for k, v in log.items()} for log in logs)
     for env in envs:
         env.close()
     return returns, lengths

@@ -1,0 +1,77 @@
+"""Networks and action distributions shared by the policy-gradient agents (REINFORCE, actor-critic, A2C, PPO).
+
+- Discrete actions: pi(a|s) = Categorical(softmax(f(s))) (logits from an MLP).
+- Continuous actions: pi(a|s) = N(mu(s), diag(sigma^2)) with a learned, state-independent log sigma
+  (Schulman et al. 2015/2017, as in their reference implementations); the env receives the action clipped to
+  the action bounds, the log-probability is that of the unclipped sample.
+- The critic V(s) is a separate MLP (no shared trunk), orthogonally initialized as in the PPO implementation
+  details (Huang et al. 2022): gain sqrt(2) hidden, 0.01 for the policy head, 1 for the value head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+__all__ = ["ActorCritic", "mlp"]
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, activation: str = "tanh",
+        out_gain: float | None = None) -> nn.Sequential:
+    """in -> [Linear, act] * len(hidden) -> Linear(out); orthogonal init when ``out_gain`` is given."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), ACTIVATIONS[activation]()]
+        d = h
+    layers.append(nn.Linear(d, out_dim))
+    if out_gain is not None:
+        linears = [m for m in layers if isinstance(m, nn.Linear)]
+        for i, m in enumerate(linears):
+            nn.init.orthogonal_(m.weight, out_gain if i == len(linears) - 1 else math.sqrt(2))
+            nn.init.zeros_(m.bias)
+    return nn.Sequential(*layers)
+
+
+class ActorCritic(nn.Module):
+    """pi(a|s) (categorical or diagonal Gaussian) and V(s), two MLPs over a flat observation."""
+
+    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: tuple[int, ...] = (64, 64),
+                 activation: str = "tanh", log_std_init: float = 0.0):
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            out = int(action_space.n)
+        else:
+            out = int(math.prod(action_space.shape))
+            self.log_std = nn.Parameter(torch.full((out,), float(log_std_init)))   # learned log sigma
+            self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
+            self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
+        self.actor = mlp(obs_dim, hidden, out, activation, out_gain=0.01)
+        self.critic = mlp(obs_dim, hidden, 1, activation, out_gain=1.0)
+
+    def dist(self, obs: torch.Tensor) -> Distribution:
+        """pi(.|s) for a batch of observations [B, obs_dim]."""
+        out = self.actor(obs)
+        if self.discrete:
+            return Categorical(logits=out)                              # softmax policy
+        return Independent(Normal(out, self.log_std.exp().expand_as(out)), 1)   # N(mu(s), diag sigma^2)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """V(s) [B]."""
+        return self.critic(obs).squeeze(-1)
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic action: argmax pi (discrete) or the mean mu(s) (Gaussian)."""
+        out = self.actor(obs)
+        return out.argmax(-1) if self.discrete else out
+
+    def to_env(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions as the env takes them (Gaussian samples clipped to the action bounds)."""
+        return actions if self.discrete else torch.maximum(torch.minimum(actions, self.high), self.low)
