@@ -52,8 +52,8 @@ def test_missing_networkx_is_a_user_error(monkeypatch):
         karate_graph()
 
 
-def test_graph_generators_and_packing():
-    from mlcanon.supervised.graphs import make_graphs, random_graph, unpack
+def test_graph_generators_and_batching():
+    from mlcanon.supervised.graphs import make_graphs, random_graph, to_edge_index
     g = torch.Generator().manual_seed(0)
     for kind, edges, max_deg in (("cycle", 7, 2), ("path", 6, 2), ("star", 6, 6), ("tree", 6, None)):
         A = random_graph(kind, 7, g)
@@ -61,9 +61,10 @@ def test_graph_generators_and_packing():
         assert int(A.sum()) // 2 == edges, kind                   # a tree on n nodes has n - 1 edges
         if max_deg:
             assert int(A.sum(1).max()) == max_deg, kind
-    x, _y = make_graphs(3, 4, 6, seed=1)
-    edge_index, batch, mask = unpack(x)
-    assert len(batch) == int(mask.sum()) and edge_index.shape[1] == int(x[..., :6].sum())
+    d = make_graphs(3, 4, 6, seed=1)
+    mask = d["mask"]
+    edge_index, batch = to_edge_index(d["adj"], mask)
+    assert len(batch) == int(mask.sum()) and edge_index.shape[1] == int(d["adj"].sum())
     assert torch.equal(torch.bincount(batch), mask.sum(1))
     # every edge stays inside its own graph
     assert torch.equal(batch[edge_index[0]], batch[edge_index[1]])
@@ -73,11 +74,10 @@ def test_graph_classifier_is_permutation_invariant():
     from mlcanon.supervised.graphs import GraphClassifier, make_graphs
     torch.manual_seed(0)
     model = GraphClassifier(16, 4, 2, "mean", 0.0).eval()
-    x, _ = make_graphs(2, 5, 5, seed=3)
+    d = make_graphs(2, 5, 5, seed=3)
     p = torch.randperm(5)
-    xp = x.clone()
-    xp[:, :, :5] = x[:, :, :5][:, p][:, :, p]                    # P A P^T (all 5 nodes are real)
-    torch.testing.assert_close(model(x), model(xp))
+    adj_p = d["adj"][:, p][:, :, p]                              # P A P^T (all 5 nodes are real)
+    torch.testing.assert_close(model(d["adj"], d["mask"]), model(adj_p, d["mask"]))
 
 
 def test_gcn_graphs_learns(tmp_runs):
@@ -141,15 +141,15 @@ def test_seq2seq_data_is_held_out_and_encoded():
     s = make_strings(c)
     train = {tuple(t) for t in s["train"]}
     assert not train & {tuple(t) for t in s["test"]}
-    x, y = encode_pairs([[1, 2, 3], [4]], "reverse", 3)
-    assert decode_text(x[0, :3]) == "123" and decode_text(y[0]) == "321" and decode_text(y[1]) == "4"
-    assert x[1, 3:].tolist() == [BOS, 4 + 3, PAD, PAD] and y[1].tolist() == [4 + 3, EOS, PAD, PAD]
-    _, ys = encode_pairs([[3, 1, 2]], "sort", 3)
-    assert decode_text(ys[0]) == "123"
+    d = encode_pairs([[1, 2, 3], [4]], "reverse", 3)
+    y = d["tgt_out"]
+    assert decode_text(d["src"][0]) == "123" and decode_text(y[0]) == "321" and decode_text(y[1]) == "4"
+    assert d["tgt_in"][1].tolist() == [BOS, 4 + 3, PAD, PAD] and y[1].tolist() == [4 + 3, EOS, PAD, PAD]
+    assert decode_text(encode_pairs([[3, 1, 2]], "sort", 3)["tgt_out"][0]) == "123"
 
 
 def test_seq2seq_transformer_learns_to_reverse(tmp_runs):
-    from mlcanon.supervised.seq2seq import _data, _metric_fn, exact_match
+    from mlcanon.supervised.seq2seq import _data, batch_metrics, exact_match
     res = _train("seq2seq", tmp_runs, "--min-len", "1", "--max-len", "4", "--num-train", "3000", "--num-val", "200",
                  "--num-test", "300", "--d-model", "64", "--d-ff", "128", "--epochs", "4", "--batch-size", "64",
                  "--lr", "3e-3")
@@ -157,10 +157,10 @@ def test_seq2seq_transformer_learns_to_reverse(tmp_runs):
     # teacher-forced "all argmaxes right" == greedy exact match (see the module docstring)
     model, config = res["model"], get("seq2seq").config_cls(min_len=1, max_len=4, num_train=3000, num_val=200,
                                                              num_test=300)
-    x, y = _data(config)["test"]
+    d = _data(config)["test"]
     with torch.no_grad():
-        tf = _metric_fn(model(x), y)["exact_match"] / len(x)
-    assert tf == pytest.approx(exact_match(model, x, y)[0])
+        tf = float(batch_metrics(model, d)["exact_match"])
+    assert tf == pytest.approx(exact_match(model, d["src"], d["tgt_out"])[0])
     ev = _cli_roundtrip(res["run_dir"], tmp_runs, "seq.txt")
     assert ev["test/exact_match"] == pytest.approx(res["test_exact_match"])
     assert "->" in (tmp_runs / "seq.txt").read_text()

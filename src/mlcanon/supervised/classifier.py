@@ -1,7 +1,7 @@
 """Image classifiers trained with cross-entropy or MSE: ``mlcanon train classifier``.
 
 Model zoo in :mod:`mlcanon.supervised.models` (mlp, cnn, resnet, vit, lstm); the training loop is
-:func:`mlcanon.supervised.fit.fit`. Regularizers: L2 weight decay, dropout, early stopping (``--patience``),
+:class:`mlcanon.training.Trainer`. Regularizers: L2 weight decay, dropout, early stopping (``--patience``),
 input noise, label noise, weight noise, data augmentation and ensembles (average of N models' probabilities).
 
 Losses (per example, averaged over the batch by the loop):

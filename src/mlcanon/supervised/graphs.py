@@ -16,19 +16,23 @@ Both use :class:`mlcanon.nn.graph.GNN` with Kipf & Welling's layer H' = relu(D^-
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from pathlib import Path
 
+import matplotlib
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mlcanon.config import option
 from mlcanon.errors import UserError
-from mlcanon.registry import register
-from mlcanon.runs import Run
-from mlcanon.supervised.fit import evaluate_tensors, fit
-from mlcanon.supervised.tasks import FitConfig, config_of, load_weights, start
+from mlcanon.nn.graph import GNN
+from mlcanon.registry import EvalOptions, SampleOptions, config_of, register
+from mlcanon.runs import Run, load_weights
+from mlcanon.training import TensorBatches, TrainConfig, Trainer, evaluate_in_batches
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt
 
 CLUBS = ("Mr. Hi", "Officer")
 LABELLED = (0, 1, 32, 33)  # the two leaders (0: Mr. Hi, 33: the officer) and one more member of each club
@@ -45,19 +49,16 @@ def _networkx():
     return networkx
 
 
-def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def classification_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict:
+    """{"loss": mean -log softmax(z)_y, "accuracy": fraction right} of a batch of logits [B, K]."""
     B = y.shape[0]
     assert logits.shape[0] == B and logits.dim() == 2, (logits.shape, y.shape)
-    return F.cross_entropy(logits, y, reduction="none")  # -log softmax(z)_y per example
-
-
-def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    return {"accuracy": float((logits.argmax(-1) == y).sum())}
+    return {"loss": F.cross_entropy(logits.float(), y), "accuracy": (logits.argmax(-1) == y).float().mean()}
 
 
 # ============================================================================================ karate club
 @dataclasses.dataclass
-class KarateConfig(FitConfig):
+class KarateConfig(TrainConfig):
     """Semi-supervised node classification on Zachary's karate club with a 2-layer GCN."""
 
     dataset: str = option("karate", "graph: karate (Zachary's karate club, via networkx)", choices=("karate",))
@@ -88,7 +89,6 @@ class NodeClassifier(nn.Module):
     def __init__(self, features: torch.Tensor, edge_index: torch.Tensor, hidden: int, num_classes: int,
                  layers: int, dropout: float):
         super().__init__()
-        from mlcanon.nn.graph import GNN
         self.register_buffer("features", features, persistent=False)
         self.register_buffer("edge_index", edge_index, persistent=False)
         self.gnn = GNN(features.shape[1], hidden, num_classes, layers, conv="gcn", task="node", dropout=dropout)
@@ -117,45 +117,40 @@ def _karate_metrics(model: NodeClassifier, y: torch.Tensor) -> dict:
             "accuracy_all_nodes": float((pred == y).float().mean()), "pred": pred}
 
 
-@register("gcn-karate", family="supervised", config=KarateConfig,
-          description="GCN node classification on Zachary's karate club from 4 labelled nodes (Kipf & Welling)",
-          evaluate=lambda run_dir, **kw: evaluate_karate(run_dir, **kw),
-          sample=lambda *a, **kw: sample_karate(*a, **kw))
 def train_karate(config: KarateConfig, run: Run | None = None) -> dict:
     """Train on the 4 labelled nodes; test/accuracy is on the 30 unlabelled ones (no validation set)."""
+    run = Run.start("gcn-karate", config, run)
     model, y = karate_model(config)
-    run, resume_state, device = start("gcn-karate", config, run)
+    trainer = Trainer(model, config, run)
     ids = torch.tensor(LABELLED)
-    result = fit(model, train=(ids, y[ids]), val=None, config=config, run=run, device=device, loss_fn=_ce,
-                 metric_fn=_accuracy, resume_state=resume_state)
+    fit = trainer.fit(lambda b: classification_metrics(model(b["node"]), b["y"]),
+                      TensorBatches({"node": ids, "y": y[ids]}, config.batch_size, seed=config.seed))
     m = _karate_metrics(model, y)
-    out = {"run_dir": str(run.dir), "step": result.step, "test_accuracy": m["accuracy"],
+    out = {"run_dir": str(run.dir), "step": fit.step, "test_accuracy": m["accuracy"],
            "test_accuracy_all_nodes": m["accuracy_all_nodes"], "labelled_nodes": list(LABELLED),
            "predictions": m["pred"].tolist()}
-    run.finish(out, step=result.step,
+    run.finish(out, step=fit.step,
                metrics={"test/accuracy": m["accuracy"], "test/accuracy_all_nodes": m["accuracy_all_nodes"]})
     out["model"] = model
     return out
 
 
-def _load_karate(run_dir):
+def _load_karate(run_dir, tag: str = "best"):
     config = config_of(run_dir, "gcn-karate")
     model, y = karate_model(config)
-    return load_weights(model, run_dir), y
+    return load_weights(model, run_dir, tag), y
 
 
-def evaluate_karate(run_dir: str | Path, **_) -> dict:
+def evaluate_karate(run_dir: str | Path, options: EvalOptions | None = None) -> dict:
     """Accuracy on the unlabelled nodes and on all nodes."""
     model, y = _load_karate(run_dir)
     m = _karate_metrics(model, y)
     return {"test/accuracy": m["accuracy"], "test/accuracy_all_nodes": m["accuracy_all_nodes"]}
 
 
-def sample_karate(run_dir: str | Path, n: int = 0, out: str | Path | None = None, **_) -> Path:
+def sample_karate(run_dir: str | Path, n: int = 0, out: str | Path | None = None,
+                  options: SampleOptions | None = None) -> Path:
     """PNG of the club graph coloured by predicted club; squares = labelled nodes, red rim = wrong."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     nx = _networkx()
     model, y = _load_karate(run_dir)
     pred = _karate_metrics(model, y)["pred"]
@@ -175,15 +170,21 @@ def sample_karate(run_dir: str | Path, n: int = 0, out: str | Path | None = None
                  f"red rim wrong; {acc:.0%} of all nodes right", fontsize=8)
     ax.axis("off")
     out = Path(out) if out else Path(run_dir) / "samples.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
 
 
+register("gcn-karate", family="supervised", config=KarateConfig,
+         description="GCN node classification on Zachary's karate club from 4 labelled nodes (Kipf & Welling)",
+         evaluate=evaluate_karate, sample=sample_karate, requires=("networkx",),
+         load=lambda run_dir, config, tag: _load_karate(run_dir, tag)[0],
+         tiny={"epochs": 6, "hidden": 4, "checkpoint_every": 2})(train_karate)
+
+
 # ===================================================================================== graph classification
 @dataclasses.dataclass
-class GraphsConfig(FitConfig):
+class GraphsConfig(TrainConfig):
     """Graph classification (cycle / path / star / random tree) with a GCN and mean-pool readout."""
 
     dataset: str = option("shapes", "generated graphs: cycle, path, star, random tree", choices=("shapes",))
@@ -225,27 +226,28 @@ def random_graph(kind: str, n: int, g: torch.Generator) -> torch.Tensor:
     return A[p][:, p]   # P A P^T: relabel the nodes
 
 
-def make_graphs(num: int, min_nodes: int, max_nodes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed graphs [num, max_nodes, max_nodes + 1], labels [num]); see :func:`unpack` for the format."""
+def make_graphs(num: int, min_nodes: int, max_nodes: int, seed: int) -> dict[str, torch.Tensor]:
+    """{"adj": 0/1 adjacency [num, n, n], "mask": real nodes [num, n], "y": labels [num]}, n = max_nodes
+    (graphs with fewer nodes are zero-padded; the mask says which nodes exist)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.zeros(num, max_nodes, max_nodes + 1)
+    adj = torch.zeros(num, max_nodes, max_nodes)
+    mask = torch.zeros(num, max_nodes, dtype=torch.bool)
     y = torch.randint(len(GRAPH_CLASSES), (num,), generator=g)
     for b in range(num):
         n = int(torch.randint(min_nodes, max_nodes + 1, (1,), generator=g))
-        x[b, :n, :n] = random_graph(GRAPH_CLASSES[int(y[b])], n, g)
-        x[b, :n, max_nodes] = 1.0  # node mask
-    return x, y
+        adj[b, :n, :n] = random_graph(GRAPH_CLASSES[int(y[b])], n, g)
+        mask[b, :n] = True
+    return {"adj": adj, "mask": mask, "y": y}
 
 
-def unpack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Packed [B, n, n+1] (adjacency | node mask) -> (edge_index [2, E] j->i, batch [N_real], mask [B, n])."""
-    B, n, _ = x.shape
-    A, mask = x[..., :n], x[..., n] > 0
+def to_edge_index(adj: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded batch (adj [B, n, n], mask [B, n]) -> (edge_index [2, E] j->i over the real nodes, batch [N_real])."""
+    B, n, _ = adj.shape
     new_id = torch.cumsum(mask.reshape(-1).long(), 0) - 1          # (b, i) -> index among real nodes
-    b, i, j = (A > 0).nonzero(as_tuple=True)                         # edge j -> i in graph b
+    b, i, j = (adj > 0).nonzero(as_tuple=True)                       # edge j -> i in graph b
     edge_index = torch.stack([new_id[b * n + j], new_id[b * n + i]])
-    batch = torch.arange(B, device=x.device).repeat_interleave(mask.sum(1))
-    return edge_index, batch, mask
+    batch = torch.arange(B, device=adj.device).repeat_interleave(mask.sum(1))
+    return edge_index, batch
 
 
 class GraphClassifier(nn.Module):
@@ -253,19 +255,17 @@ class GraphClassifier(nn.Module):
 
     def __init__(self, hidden: int, num_classes: int, layers: int, readout: str, dropout: float):
         super().__init__()
-        from mlcanon.nn.graph import GNN
         self.gnn = GNN(MAX_DEGREE + 1, hidden, num_classes, layers, conv="gcn", task="graph", readout=readout, dropout=dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, n, n+1] -> logits [B, K]."""
-        edge_index, batch, mask = unpack(x)
-        n = x.shape[1]
-        deg = x[..., :n].sum(-1)[mask].long().clamp(max=MAX_DEGREE)   # deg_i = sum_j A_ij
+    def forward(self, adj: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(adj [B, n, n], mask [B, n]) -> logits [B, K]."""
+        edge_index, batch = to_edge_index(adj, mask)
+        deg = adj.sum(-1)[mask].long().clamp(max=MAX_DEGREE)   # deg_i = sum_j A_ij
         feats = F.one_hot(deg, MAX_DEGREE + 1).float()
-        return self.gnn(feats, edge_index, batch, num_graphs=x.shape[0])
+        return self.gnn(feats, edge_index, batch, num_graphs=adj.shape[0])
 
 
-def graph_splits(config: GraphsConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def graph_splits(config: GraphsConfig) -> dict[str, dict[str, torch.Tensor]]:
     """train / valid / test sets, each generated from its own seed derived from --seed."""
     c = config
     return {name: make_graphs(n, c.min_nodes, c.max_nodes, seed=1000 * c.seed + 17 + k)
@@ -276,63 +276,71 @@ def _graph_model(config: GraphsConfig) -> GraphClassifier:
     return GraphClassifier(config.hidden, len(GRAPH_CLASSES), config.layers, config.readout, config.dropout)
 
 
-@register("gcn-graphs", family="supervised", config=GraphsConfig,
-          description="GCN graph classification: cycle / path / star / random tree from structure alone",
-          evaluate=lambda run_dir, **kw: evaluate_graphs(run_dir, **kw),
-          sample=lambda *a, **kw: sample_graphs(*a, **kw))
+def _graph_metrics(model: GraphClassifier, batch: dict) -> dict:
+    return classification_metrics(model(batch["adj"], batch["mask"]), batch["y"])
+
+
 def train_graphs(config: GraphsConfig, run: Run | None = None) -> dict:
     """Train, keep the best by val/accuracy, report test accuracy."""
-    run, resume_state, device = start("gcn-graphs", config, run)
+    run = Run.start("gcn-graphs", config, run)
     data = graph_splits(config)
     model = _graph_model(config)
-    result = fit(model, train=data["train"], val=data["valid"], config=config, run=run, device=device,
-                 loss_fn=_ce, metric_fn=_accuracy, resume_state=resume_state)
+    trainer = Trainer(model, config, run)
+
+    def val_fn() -> dict:
+        m = evaluate_in_batches(lambda b: _graph_metrics(model, b), data["valid"], device=run.device)
+        return {f"val/{k}": v for k, v in m.items()}
+
+    fit = trainer.fit(lambda b: _graph_metrics(model, b), TensorBatches(data["train"], config.batch_size,
+                                                                        seed=config.seed),
+                      val_fn=val_fn, monitor="val/accuracy", mode="max")
     load_weights(model, run.dir).to("cpu")
-    tm = evaluate_tensors(model, *data["test"], loss_fn=_ce, metric_fn=_accuracy, device=torch.device("cpu"))
-    out = {"run_dir": str(run.dir), "step": result.step, "epochs": result.epoch,
-           "best_val_accuracy": result.best_value, "test_accuracy": tm["accuracy"], "test_loss": tm["loss"]}
-    run.finish(out, step=result.step, metrics={"test/accuracy": tm["accuracy"], "test/loss": tm["loss"]})
+    tm = evaluate_in_batches(lambda b: _graph_metrics(model, b), data["test"])
+    out = {"run_dir": str(run.dir), "step": fit.step, "epochs": fit.epoch,
+           "best_val_accuracy": fit.best_value, "test_accuracy": tm["accuracy"], "test_loss": tm["loss"]}
+    run.finish(out, step=fit.step, metrics={"test/accuracy": tm["accuracy"], "test/loss": tm["loss"]})
     out["model"] = model
     return out
 
 
-def _load_graphs(run_dir):
+def _load_graphs(run_dir, tag: str = "best"):
     config = config_of(run_dir, "gcn-graphs")
-    return load_weights(_graph_model(config), run_dir), config
+    return load_weights(_graph_model(config), run_dir, tag), config
 
 
-def evaluate_graphs(run_dir: str | Path, split: str = "test", **_) -> dict:
+@dataclasses.dataclass
+class SplitOptions(EvalOptions):
+    """Options of `mlcanon eval` on a gcn-graphs run."""
+
+    split: str = option("test", "which generated held-out split to score", choices=("test", "valid"))
+
+
+def evaluate_graphs(run_dir: str | Path, options: SplitOptions | None = None) -> dict:
     """Accuracy and loss of the best model on the regenerated split."""
-    if split not in ("test", "valid"):
-        raise UserError(f"--split {split!r}: use test or valid")
+    options = options or SplitOptions()
     model, config = _load_graphs(run_dir)
-    m = evaluate_tensors(model, *graph_splits(config)[split], loss_fn=_ce, metric_fn=_accuracy,
-                         device=torch.device("cpu"))
-    return {f"{split}/accuracy": m["accuracy"], f"{split}/loss": m["loss"]}
+    m = evaluate_in_batches(lambda b: _graph_metrics(model, b), graph_splits(config)[options.split])
+    return {f"{options.split}/accuracy": m["accuracy"], f"{options.split}/loss": m["loss"]}
 
 
-def sample_graphs(run_dir: str | Path, n: int = 16, out: str | Path | None = None, **_) -> Path:
+def sample_graphs(run_dir: str | Path, n: int = 16, out: str | Path | None = None,
+                  options: SampleOptions | None = None) -> Path:
     """PNG of ``n`` test graphs (spectral layout) titled predicted / true class."""
-    import math
-
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     model, config = _load_graphs(run_dir)
-    x, y = graph_splits(config)["test"]
-    n = min(n, len(x))
+    test = graph_splits(config)["test"]
+    adj, mask, y = test["adj"], test["mask"], test["y"]
+    n = min(n, len(y))
     with torch.no_grad():
-        pred = model(x[:n]).argmax(-1)
+        pred = model(adj[:n], mask[:n]).argmax(-1)
     cols = min(4, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows), squeeze=False)
-    N = config.max_nodes
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k >= n:
             continue
-        m = int(x[k, :, N].sum())
-        A = x[k, :m, :m].double()
+        m = int(mask[k].sum())
+        A = adj[k, :m, :m].double()
         L = torch.diag(A.sum(1)) - A                       # graph Laplacian L = D - A
         _, vec = torch.linalg.eigh(L)
         pos = vec[:, 1:3].numpy()                          # spectral layout: 2nd and 3rd eigenvectors
@@ -346,8 +354,15 @@ def sample_graphs(run_dir: str | Path, n: int = 16, out: str | Path | None = Non
     fig.suptitle("predicted / true (red: wrong)", fontsize=9)
     fig.tight_layout()
     out = Path(out) if out else Path(run_dir) / "samples.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
-    (Path(run_dir) / "samples.json").write_text(json.dumps({"pred": pred.tolist(), "true": y[:n].tolist()}))
+    Run(Path(run_dir)).write_json("samples.json", {"pred": pred.tolist(), "true": y[:n].tolist()})
     return out
+
+
+register("gcn-graphs", family="supervised", config=GraphsConfig,
+         description="GCN graph classification: cycle / path / star / random tree from structure alone",
+         evaluate=evaluate_graphs, sample=sample_graphs, eval_options=SplitOptions,
+         load=lambda run_dir, config, tag: _load_graphs(run_dir, tag)[0],
+         tiny={"num_train": 64, "num_val": 16, "num_test": 16, "hidden": 8, "layers": 2, "epochs": 2,
+               "batch_size": 16, "max_nodes": 8, "checkpoint_every": 2})(train_graphs)

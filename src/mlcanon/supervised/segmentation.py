@@ -14,24 +14,28 @@ figure, mean_c (sum of intersections / sum of unions over the whole test set).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
+import matplotlib
 import torch
 import torch.nn.functional as F
+from matplotlib.colors import ListedColormap
 
 from mlcanon.config import option
 from mlcanon.errors import UserError
-from mlcanon.registry import register
-from mlcanon.runs import Run
-from mlcanon.supervised.fit import evaluate_tensors, fit
-from mlcanon.supervised.tasks import FitConfig, config_of, load_weights, start
+from mlcanon.nn.unet import UNet
+from mlcanon.registry import EvalOptions, SampleOptions, config_of, register
+from mlcanon.runs import Run, load_weights
+from mlcanon.training import TensorBatches, TrainConfig, Trainer, evaluate_in_batches
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt
 
 CLASSES = ("background", "circle", "square", "triangle")
 
 
 @dataclasses.dataclass
-class SegmentationConfig(FitConfig):
+class SegmentationConfig(TrainConfig):
     """U-Net segmentation of generated shapes; every field is a CLI flag."""
 
     dataset: str = option("shapes", "data set: shapes (generated circles / squares / triangles)",
@@ -83,11 +87,14 @@ def make_shapes(n: int, size: int, max_shapes: int = 3, noise: float = 0.1, seed
     return x, labels
 
 
-def splits(config: SegmentationConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """train / valid / test sets, each from its own fixed seed (derived from --seed)."""
+def splits(config: SegmentationConfig) -> dict[str, dict[str, torch.Tensor]]:
+    """train / valid / test sets {"x": images, "y": label maps}, each from its own seed (derived from --seed)."""
     c = config
-    return {name: make_shapes(n, c.image_size, c.max_shapes, c.noise, seed=1000 * c.seed + k)
-            for k, (name, n) in enumerate((("train", c.num_train), ("valid", c.num_val), ("test", c.num_test)))}
+    out = {}
+    for k, (name, n) in enumerate((("train", c.num_train), ("valid", c.num_val), ("test", c.num_test))):
+        x, y = make_shapes(n, c.image_size, c.max_shapes, c.noise, seed=1000 * c.seed + k)
+        out[name] = {"x": x, "y": y}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -112,16 +119,15 @@ def per_image_mean_iou(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (iou * present).sum(-1) / present.sum(-1).clamp(min=1)
 
 
-def _loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def batch_metrics(model: torch.nn.Module, batch: dict) -> dict:
+    """Loss mean_pixels -log p(y_ij | x), pixel accuracy and per-image mean IoU of one batch {"x", "y"}."""
+    logits, y = model(batch["x"]).float(), batch["y"]
     B, _, H, W = logits.shape
     assert y.shape == (B, H, W), (logits.shape, y.shape)
-    return F.cross_entropy(logits, y, reduction="none").mean(dim=(1, 2))  # mean_pixels -log p(y_ij | x)
-
-
-def _metric_fn(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     pred = logits.argmax(1)
-    return {"pixel_accuracy": float((pred == y).float().mean(dim=(1, 2)).sum()),
-            "mean_iou": float(per_image_mean_iou(pred, y).sum())}
+    return {"loss": F.cross_entropy(logits, y),
+            "pixel_accuracy": (pred == y).float().mean(),
+            "mean_iou": per_image_mean_iou(pred, y).mean()}
 
 
 @torch.no_grad()
@@ -139,62 +145,66 @@ def dataset_metrics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ba
 
 def build_model(config: SegmentationConfig) -> torch.nn.Module:
     """U-Net: 1 input channel -> one logit map per class."""
-    from mlcanon.nn.unet import UNet
     return UNet(1, len(CLASSES), base_channels=config.base_channels, depth=config.depth, norm="batch")
 
 
 # ---------------------------------------------------------------------------------------------- train
-def _evaluate_model(model, data, config) -> dict:
-    x, y = data
-    m = evaluate_tensors(model, x, y, loss_fn=_loss_fn, metric_fn=_metric_fn, device=torch.device("cpu"),
-                         batch_size=200)
-    return {**m, **dataset_metrics(model, x, y)}
+def _evaluate_model(model, data: dict) -> dict:
+    model.eval()
+    m = evaluate_in_batches(lambda b: batch_metrics(model, b), data, batch_size=200)
+    return {**m, **dataset_metrics(model, data["x"], data["y"])}
 
 
-@register("segmentation", family="supervised", config=SegmentationConfig,
-          description="U-Net semantic segmentation of generated circles / squares / triangles (mean IoU)",
-          evaluate=lambda run_dir, **kw: evaluate(run_dir, **kw), sample=lambda *a, **kw: sample(*a, **kw))
 def train(config: SegmentationConfig, run: Run | None = None) -> dict:
     """Train the U-Net, keep the best by val/mean_iou, report test metrics; returns a result dict."""
-    run, resume_state, device = start("segmentation", config, run)
+    run = Run.start("segmentation", config, run)
     data = splits(config)
     model = build_model(config)
-    result = fit(model, train=data["train"], val=data["valid"], config=config, run=run, device=device,
-                 loss_fn=_loss_fn, metric_fn=_metric_fn, monitor="mean_iou", mode="max",
-                 resume_state=resume_state)
+    trainer = Trainer(model, config, run)
+
+    def val_fn() -> dict:
+        m = evaluate_in_batches(lambda b: batch_metrics(model, b), data["valid"], batch_size=200, device=run.device)
+        return {f"val/{k}": v for k, v in m.items()}
+
+    fit = trainer.fit(lambda b: batch_metrics(model, b), TensorBatches(data["train"], config.batch_size,
+                                                                       seed=config.seed),
+                      val_fn=val_fn, monitor="val/mean_iou", mode="max")
     load_weights(model, run.dir).to("cpu")
-    tm = _evaluate_model(model, data["test"], config)
-    out = {"run_dir": str(run.dir), "step": result.step, "epochs": result.epoch,
-           "best_val_mean_iou": result.best_value, **{f"test_{k}": v for k, v in tm.items()}}
-    run.finish(out, step=result.step, metrics={f"test/{k}": v for k, v in tm.items()})
+    tm = _evaluate_model(model, data["test"])
+    out = {"run_dir": str(run.dir), "step": fit.step, "epochs": fit.epoch,
+           "best_val_mean_iou": fit.best_value, **{f"test_{k}": v for k, v in tm.items()}}
+    run.finish(out, step=fit.step, metrics={f"test/{k}": v for k, v in tm.items()})
     out["model"] = model
     return out
 
 
-def load_model(run_dir: str | Path) -> tuple[torch.nn.Module, SegmentationConfig]:
+def load_model(run_dir: str | Path, tag: str = "best") -> tuple[torch.nn.Module, SegmentationConfig]:
     """The run's best U-Net (eval mode, CPU) and its config."""
     config = config_of(run_dir, "segmentation")
-    return load_weights(build_model(config), run_dir), config
+    return load_weights(build_model(config), run_dir, tag), config
 
 
-def evaluate(run_dir: str | Path, split: str = "test", **_) -> dict:
+@dataclasses.dataclass
+class SplitOptions(EvalOptions):
+    """Options of `mlcanon eval` on a segmentation run."""
+
+    split: str = option("test", "which generated held-out split to score", choices=("test", "valid"))
+
+
+def evaluate(run_dir: str | Path, options: SplitOptions | None = None) -> dict:
     """Loss, pixel accuracy, per-image and data-set mean IoU of the best model on the regenerated split."""
-    if split not in ("test", "valid"):
-        raise UserError(f"--split {split!r}: use test or valid")
+    options = options or SplitOptions()
     model, config = load_model(run_dir)
-    m = _evaluate_model(model, splits(config)[split], config)
-    return {f"{split}/{k}": v for k, v in m.items()}
+    m = _evaluate_model(model, splits(config)[options.split])
+    return {f"{options.split}/{k}": v for k, v in m.items()}
 
 
-def sample(run_dir: str | Path, n: int = 8, out: str | Path | None = None, **_) -> Path:
+def sample(run_dir: str | Path, n: int = 8, out: str | Path | None = None, options: SampleOptions | None = None
+           ) -> Path:
     """PNG grid, one row per test image: input / truth / prediction (colour-coded classes)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
     model, config = load_model(run_dir)
-    x, y = splits(config)["test"]
+    test = splits(config)["test"]
+    x, y = test["x"], test["y"]
     n = min(n, len(x))
     with torch.no_grad():
         pred = model(x[:n]).argmax(1)
@@ -212,8 +222,15 @@ def sample(run_dir: str | Path, n: int = 8, out: str | Path | None = None, **_) 
     fig.suptitle("red circle, green square, blue triangle", fontsize=8)
     fig.tight_layout()
     out = Path(out) if out else Path(run_dir) / "samples.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
-    (Path(run_dir) / "samples.json").write_text(json.dumps({"mean_iou": miou.tolist()}))
+    Run(Path(run_dir)).write_json("samples.json", {"mean_iou": miou.tolist()})
     return out
+
+
+register("segmentation", family="supervised", config=SegmentationConfig,
+         description="U-Net semantic segmentation of generated circles / squares / triangles (mean IoU)",
+         evaluate=evaluate, sample=sample, load=lambda run_dir, config, tag: load_model(run_dir, tag)[0],
+         eval_options=SplitOptions,
+         tiny={"image_size": 16, "num_train": 32, "num_val": 8, "num_test": 8, "base_channels": 4, "depth": 1,
+               "epochs": 2, "batch_size": 16, "checkpoint_every": 2})(train)

@@ -23,10 +23,10 @@ from torch import nn
 
 from mlcanon.config import option
 from mlcanon.errors import UserError
-from mlcanon.registry import register
-from mlcanon.runs import Run
-from mlcanon.supervised.fit import fit
-from mlcanon.supervised.tasks import FitConfig, config_of, load_weights, start
+from mlcanon.nn.attention import EncoderDecoder
+from mlcanon.registry import EvalOptions, SampleOptions, config_of, register
+from mlcanon.runs import Run, load_weights
+from mlcanon.training import TensorBatches, TrainConfig, Trainer, evaluate_in_batches
 
 PAD, BOS, EOS = 0, 1, 2
 DIGIT0 = 3            # token of digit d is DIGIT0 + d
@@ -34,7 +34,7 @@ VOCAB = DIGIT0 + 10
 
 
 @dataclasses.dataclass
-class Seq2SeqConfig(FitConfig):
+class Seq2SeqConfig(TrainConfig):
     """Encoder-decoder transformer on reversing or sorting digit strings; every field is a CLI flag."""
 
     task: str = option("reverse", "what to learn: reverse or sort the digit string", choices=("reverse", "sort"))
@@ -66,8 +66,8 @@ def target_of(digits: list[int], task: str) -> list[int]:
     return digits[::-1] if task == "reverse" else sorted(digits)
 
 
-def encode_pairs(strings: list[list[int]], task: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x [N, 2*max_len+1] = source (PAD-padded) | decoder input BOS y (PAD-padded), y [N, max_len+1] = y EOS)."""
+def encode_pairs(strings: list[list[int]], task: str, max_len: int) -> dict[str, torch.Tensor]:
+    """{"src": [N, max_len] source (PAD-padded), "tgt_in": [N, T] BOS y, "tgt_out": [N, T] y EOS}, T = max_len+1."""
     N, T = len(strings), max_len + 1
     src = torch.full((N, max_len), PAD, dtype=torch.long)
     tgt_in = torch.full((N, T), PAD, dtype=torch.long)
@@ -77,7 +77,7 @@ def encode_pairs(strings: list[list[int]], task: str, max_len: int) -> tuple[tor
         src[i, :len(s)] = torch.tensor([DIGIT0 + d for d in s])
         tgt_in[i, :len(t) + 1] = torch.tensor([BOS] + t)      # decoder reads BOS y_1 .. y_n
         tgt_out[i, :len(t) + 1] = torch.tensor(t + [EOS])     # and predicts  y_1 .. y_n EOS
-    return torch.cat([src, tgt_in], dim=1), tgt_out
+    return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out}
 
 
 def make_strings(config: Seq2SeqConfig) -> dict[str, list[list[int]]]:
@@ -108,11 +108,10 @@ def make_strings(config: Seq2SeqConfig) -> dict[str, list[list[int]]]:
 
 # ------------------------------------------------------------------------------------------------ model
 class Seq2Seq(nn.Module):
-    """EncoderDecoder on packed inputs [B, S + T] (source | decoder input) -> logits [B, T, V]."""
+    """EncoderDecoder: (source [B, S], decoder input [B, T]) -> logits [B, T, V]."""
 
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
-        from mlcanon.nn.attention import EncoderDecoder
         self.S = config.max_len
         self.net = EncoderDecoder(VOCAB, VOCAB, d_model=config.d_model, n_heads=config.n_heads,
                                   num_layers=config.layers, d_ff=config.d_ff, dropout=config.dropout,
@@ -122,8 +121,7 @@ class Seq2Seq(nn.Module):
             # positions, instead of drowning them (the positions are all that reversal depends on)
             nn.init.normal_(emb.weight, std=config.d_model ** -0.5)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        src, tgt = x[:, :self.S], x[:, self.S:]
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         return self.net(src, tgt, src_key_padding_mask=src == PAD)  # p(y_t | y_<t, x) for every t
 
     @torch.no_grad()
@@ -146,26 +144,26 @@ class Seq2Seq(nn.Module):
         return F.pad(out, (0, self.S + 1 - out.shape[1]), value=PAD)
 
 
-def _loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def batch_metrics(model: Seq2Seq, batch: dict) -> dict:
+    """Teacher-forced loss -(1/T) sum_t log p(y_t | y_<t, x) over real tokens, exact match, token accuracy."""
+    logits = model(batch["src"], batch["tgt_in"]).float()
+    y = batch["tgt_out"]
     B, T, V = logits.shape
     assert y.shape == (B, T), (logits.shape, y.shape)
     nll = F.cross_entropy(logits.reshape(B * T, V), y.reshape(-1), reduction="none").view(B, T)
-    mask = (y != PAD).float()
-    return (nll * mask).sum(1) / mask.sum(1)   # -(1/T) sum_t log p(y_t | y_<t, x) over real tokens
-
-
-def _metric_fn(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    pred = logits.argmax(-1)
     real = y != PAD
-    right = (pred == y) | ~real
-    return {"exact_match": float(right.all(1).sum()),                               # all tokens right
-            "token_accuracy": float(((pred == y) & real).sum(1).float().div(real.sum(1)).sum())}
+    loss = (nll * real).sum(1) / real.sum(1)
+    pred = logits.argmax(-1)
+    return {"loss": loss.mean(),
+            "exact_match": ((pred == y) | ~real).all(1).float().mean(),           # all tokens right
+            "token_accuracy": (((pred == y) & real).sum(1).float() / real.sum(1)).mean()}
 
 
-def exact_match(model: Seq2Seq, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> tuple[float, torch.Tensor]:
+def exact_match(model: Seq2Seq, src: torch.Tensor, y: torch.Tensor, batch_size: int = 500
+                ) -> tuple[float, torch.Tensor]:
     """(fraction of strings greedy decoding gets exactly right, the decoded tokens [N, S+1])."""
     model.eval()
-    preds = [model.greedy(x[i:i + batch_size, :model.S]) for i in range(0, len(x), batch_size)]
+    preds = [model.greedy(src[i:i + batch_size]) for i in range(0, len(src), batch_size)]
     pred = torch.cat(preds)
     right = ((pred == y) | (y == PAD)).all(1) & ((pred == PAD) | (y != PAD)).all(1)
     return float(right.float().mean()), pred
@@ -182,58 +180,76 @@ def decode_text(tokens: torch.Tensor) -> str:
     return "".join(out)
 
 
-def _data(config: Seq2SeqConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _data(config: Seq2SeqConfig) -> dict[str, dict[str, torch.Tensor]]:
     return {k: encode_pairs(v, config.task, config.max_len) for k, v in make_strings(config).items()}
 
 
-@register("seq2seq", family="supervised", config=Seq2SeqConfig,
-          description="encoder-decoder transformer reversing / sorting digit strings (greedy, exact match)",
-          evaluate=lambda run_dir, **kw: evaluate(run_dir, **kw), sample=lambda *a, **kw: sample(*a, **kw))
 def train(config: Seq2SeqConfig, run: Run | None = None) -> dict:
     """Train with teacher forcing, keep the best by val/exact_match, report greedy test exact match."""
-    run, resume_state, device = start("seq2seq", config, run)
+    run = Run.start("seq2seq", config, run)
     data = _data(config)
     model = Seq2Seq(config)
-    result = fit(model, train=data["train"], val=data["valid"], config=config, run=run, device=device,
-                 loss_fn=_loss_fn, metric_fn=_metric_fn, monitor="exact_match", mode="max",
-                 resume_state=resume_state)
+    trainer = Trainer(model, config, run)
+
+    def val_fn() -> dict:
+        m = evaluate_in_batches(lambda b: batch_metrics(model, b), data["valid"], device=run.device)
+        return {f"val/{k}": v for k, v in m.items()}
+
+    fit = trainer.fit(lambda b: batch_metrics(model, b), TensorBatches(data["train"], config.batch_size,
+                                                                       seed=config.seed),
+                      val_fn=val_fn, monitor="val/exact_match", mode="max")
     load_weights(model, run.dir).to("cpu")
-    em, _ = exact_match(model, *data["test"])
-    out = {"run_dir": str(run.dir), "step": result.step, "epochs": result.epoch,
-           "best_val_exact_match": result.best_value, "test_exact_match": em}
-    run.finish(out, step=result.step, metrics={"test/exact_match": em})
+    em, _ = exact_match(model, data["test"]["src"], data["test"]["tgt_out"])
+    out = {"run_dir": str(run.dir), "step": fit.step, "epochs": fit.epoch,
+           "best_val_exact_match": fit.best_value, "test_exact_match": em}
+    run.finish(out, step=fit.step, metrics={"test/exact_match": em})
     out["model"] = model
     return out
 
 
-def load_model(run_dir: str | Path) -> tuple[Seq2Seq, Seq2SeqConfig]:
+def load_model(run_dir: str | Path, tag: str = "best") -> tuple[Seq2Seq, Seq2SeqConfig]:
     """The run's best model (eval mode, CPU) and its config."""
     config = config_of(run_dir, "seq2seq")
-    return load_weights(Seq2Seq(config), run_dir), config
+    return load_weights(Seq2Seq(config), run_dir, tag), config
 
 
-def evaluate(run_dir: str | Path, split: str = "test", **_) -> dict:
+@dataclasses.dataclass
+class SplitOptions(EvalOptions):
+    """Options of `mlcanon eval` on a seq2seq run."""
+
+    split: str = option("test", "which generated held-out split to score", choices=("test", "valid"))
+
+
+def evaluate(run_dir: str | Path, options: SplitOptions | None = None) -> dict:
     """Greedy exact match on the regenerated held-out split."""
-    if split not in ("test", "valid"):
-        raise UserError(f"--split {split!r}: use test or valid")
+    options = options or SplitOptions()
     model, config = load_model(run_dir)
-    em, _ = exact_match(model, *_data(config)[split])
-    return {f"{split}/exact_match": em}
+    d = _data(config)[options.split]
+    em, _ = exact_match(model, d["src"], d["tgt_out"])
+    return {f"{options.split}/exact_match": em}
 
 
-def sample(run_dir: str | Path, n: int = 20, out: str | Path | None = None, **_) -> Path:
+def sample(run_dir: str | Path, n: int = 20, out: str | Path | None = None, options: SampleOptions | None = None
+           ) -> Path:
     """A text file of ``n`` test strings: input -> greedy output (truth), printed too."""
     model, config = load_model(run_dir)
-    x, y = _data(config)["test"]
-    n = min(n, len(x))
-    _, pred = exact_match(model, x[:n], y[:n])
+    d = _data(config)["test"]
+    n = min(n, len(d["src"]))
+    _, pred = exact_match(model, d["src"][:n], d["tgt_out"][:n])
     lines = [f"# {config.task}: input -> greedy output   (expected; x = wrong)"]
     for i in range(n):
-        src, got, want = decode_text(x[i, :config.max_len]), decode_text(pred[i]), decode_text(y[i])
+        src, got, want = decode_text(d["src"][i]), decode_text(pred[i]), decode_text(d["tgt_out"][i])
         lines.append(f"{src:>{config.max_len}} -> {got:<{config.max_len}}  ({want})" + ("" if got == want else " x"))
     text = "\n".join(lines) + "\n"
     print(text, end="")
     out = Path(out) if out else Path(run_dir) / "samples.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return out
+
+
+register("seq2seq", family="supervised", config=Seq2SeqConfig,
+         description="encoder-decoder transformer reversing / sorting digit strings (greedy, exact match)",
+         evaluate=evaluate, sample=sample, load=lambda run_dir, config, tag: load_model(run_dir, tag)[0],
+         eval_options=SplitOptions,
+         tiny={"num_train": 128, "num_val": 32, "num_test": 32, "d_model": 16, "n_heads": 2, "layers": 1,
+               "d_ff": 32, "epochs": 2, "batch_size": 32, "max_len": 5, "checkpoint_every": 2})(train)

@@ -1,7 +1,8 @@
 """Transfer learning: pretrain on digits 0-4, fine-tune on 5-9 from few labels: ``mlcanon train transfer``.
 
 One run does four trainings, each in its own sub-folder of the run (``pretrain/``, ``head-only/``,
-``full/``, ``scratch/``, every one checkpointed and resumable by :func:`mlcanon.supervised.fit.fit`):
+``full/``, ``scratch/``, every one checkpointed and resumable by :meth:`mlcanon.training.Trainer.fit`; the run's
+own checkpoint records the phases finished):
 
 1. pretrain  f = h o g (body g, linear head h) on all training images of classes 0-4;
 2. head-only: keep g frozen (weights and batch-norm statistics), new head h' on 5-9, trained on
@@ -15,21 +16,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
 from pathlib import Path
 
+import matplotlib
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlcanon.config import CommonConfig, option, to_dict
-from mlcanon.devices import resolve_device
+from mlcanon.config import CommonConfig, option
+from mlcanon.data import load
 from mlcanon.errors import UserError
-from mlcanon.registry import register
+from mlcanon.registry import EvalOptions, SampleOptions, config_of, register
 from mlcanon.runs import Run, load_checkpoint, seed_everything
-from mlcanon.supervised.fit import OPTIMIZERS, evaluate_tensors, fit
 from mlcanon.supervised.models import MODELS, build_model
-from mlcanon.supervised.tasks import config_of
+from mlcanon.training import OPTIMIZERS, TensorBatches, TrainConfig, Trainer, TrainState, evaluate_in_batches
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt
 
 SOURCE, TARGET = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 VARIANTS = ("head-only", "full", "scratch")
@@ -86,7 +89,6 @@ def few_labels(x: torch.Tensor, y: torch.Tensor, k: int, seed: int) -> tuple[tor
 
 def load_data(config: TransferConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """source train/valid/test (0-4), few-label target train (5-9), target test (5-9)."""
-    from mlcanon.data import load
     kw = {"data_dir": config.data_dir}
     train = load(config.dataset, "train", val_fraction=config.val_fraction, **kw)
     test = load(config.dataset, "test", **kw)
@@ -145,19 +147,24 @@ class HeadOnly(nn.Module):
         return self.model(x)
 
 
-def _loss_fn(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def batch_metrics(model: nn.Module, batch: tuple) -> dict:
+    """{"loss": mean -log softmax(z)_y, "accuracy"} of a batch (x, y)."""
+    x, y = batch
+    z = model(x).float()
     assert z.shape[0] == y.shape[0] and z.dim() == 2
-    return F.cross_entropy(z, y, reduction="none")  # -log softmax(z)_y
+    return {"loss": F.cross_entropy(z, y), "accuracy": (z.argmax(-1) == y).float().mean()}
 
 
-def _metric_fn(z: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    return {"accuracy": float((z.argmax(-1) == y).sum())}
+def _accuracy(model: nn.Module, data: tuple) -> float:
+    model.eval()
+    return evaluate_in_batches(lambda b: batch_metrics(model, b), data)["accuracy"]
 
 
-def _phase_config(config: TransferConfig, epochs: int, lr: float, batch_size: int):
-    """What fit() reads, for one phase (a namespace: fit only reads attributes)."""
-    return types.SimpleNamespace(**{**to_dict(config), "epochs": epochs, "lr": lr, "batch_size": batch_size,
-                                    "patience": 0})
+def _phase_config(config: TransferConfig, epochs: int, lr: float, batch_size: int) -> TrainConfig:
+    """The data-loop config of one phase: the run's shared fields with this phase's epochs, lr and batch."""
+    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)
+              if hasattr(config, f.name) and f.name not in ("epochs", "lr", "batch_size")}
+    return TrainConfig(**shared, epochs=epochs, lr=lr, batch_size=batch_size)
 
 
 def build(config: TransferConfig, input_shape, phase: str, pretrained: dict | None = None) -> nn.Module:
@@ -172,16 +179,19 @@ def build(config: TransferConfig, input_shape, phase: str, pretrained: dict | No
     return HeadOnly(model) if phase == "head-only" else model
 
 
-def _run_phase(phase: str, k: int, config: TransferConfig, root: Run, device, data, shape,
+def _run_phase(phase: str, k: int, config: TransferConfig, root: Run, data, shape,
                pretrained: dict | None) -> nn.Module:
     seed_everything(config.seed + 101 * k)   # each phase starts from its own seed (resume-safe)
     model = build(config, shape, phase, pretrained)
     sub = root.dir / phase
     if (sub / "state.json").exists():
-        run, resume_state, _ = Run.reopen(sub)
+        run, _ = Run.reopen(sub)
+        loaded = load_checkpoint(sub)
+        run.resume_state = loaded[0] if loaded else None
     else:
         sub.mkdir(exist_ok=True)
-        run, resume_state = Run(sub), None
+        run = Run(sub)
+    run.device, run.dist = root.device, root.dist
     if phase == "pretrain":
         train, val = data["source_train"], data.get("source_val")
         cfg = _phase_config(config, config.pretrain_epochs, config.lr, config.batch_size)
@@ -189,40 +199,44 @@ def _run_phase(phase: str, k: int, config: TransferConfig, root: Run, device, da
         train, val = data["target_few"], None
         lr = {"head-only": config.head_lr, "full": config.finetune_lr, "scratch": config.lr}[phase]
         cfg = _phase_config(config, config.finetune_epochs, lr, min(config.batch_size, len(train[0])))
-    fit(model, train=train, val=val, config=cfg, run=run, device=device, loss_fn=_loss_fn, metric_fn=_metric_fn,
-        resume_state=resume_state)
+    trainer = Trainer(model, cfg, run, params=[p for p in model.parameters() if p.requires_grad])
+
+    def val_fn() -> dict:
+        m = evaluate_in_batches(lambda b: batch_metrics(model, b), val, device=run.device)
+        return {f"val/{k}": v for k, v in m.items()}
+
+    trainer.fit(lambda b: batch_metrics(model, b), TensorBatches(train, cfg.batch_size, seed=config.seed),
+                val_fn=val_fn if val is not None else None, monitor="val/accuracy", mode="max")
     best = load_checkpoint(sub, tag="best")
     model.load_state_dict(best[0]["model"])
     run.close()
-    return model
+    return model.to("cpu")
 
 
-@register("transfer", family="supervised", config=TransferConfig,
-          description="transfer learning 0-4 -> 5-9 with few labels: head-only vs full fine-tune vs scratch",
-          evaluate=lambda run_dir, **kw: evaluate(run_dir, **kw), sample=lambda *a, **kw: sample(*a, **kw))
 def train(config: TransferConfig, run: Run | None = None) -> dict:
     """Pretrain, then the three fine-tuning variants; logs and returns all accuracies."""
-    device = resolve_device(config.device)
-    if run is None:
-        run = Run.create("transfer", config, device=str(device))
-        run.log_hparams(config)
-    seed_everything(config.seed)
+    run = Run.start("transfer", config, run)
+    state = TrainState()      # the run's own checkpoint: which phases are done and their accuracies
+    state.restore(run)
     data = load_data(config)
     shape = tuple(data["source_train"][0].shape[1:])
-    pre = _run_phase("pretrain", 0, config, run, device, data, shape, None)
-    pre.to("cpu")
-    src_acc = evaluate_tensors(pre, *data["source_test"], loss_fn=_loss_fn, metric_fn=_metric_fn,
-                               device=torch.device("cpu"))["accuracy"]
-    run.log(1, {"test/pretrain_accuracy": src_acc})
+    pre = _run_phase("pretrain", 0, config, run, data, shape, None)
+    src_acc = _accuracy(pre, data["source_test"])
+    if state.step < 1:
+        run.log(1, {"test/pretrain_accuracy": src_acc})
+        state.counters["pretrain_test_accuracy_0_4"] = src_acc
+        state.save(run, step=1)
     pretrained = {k: v.clone() for k, v in pre.state_dict().items()}
     out = {"run_dir": str(run.dir), "pretrain_test_accuracy_0_4": src_acc,
            "labels_per_class": config.labels_per_class}
     for k, phase in enumerate(VARIANTS, start=1):
-        model = _run_phase(phase, k, config, run, device, data, shape, None if phase == "scratch" else pretrained)
-        model.to("cpu")
-        acc = evaluate_tensors(model, *data["target_test"], loss_fn=_loss_fn, metric_fn=_metric_fn,
-                               device=torch.device("cpu"))["accuracy"]
-        run.log(1 + k, {f"test/{phase}_accuracy": acc})
+        model = _run_phase(phase, k, config, run, data, shape, None if phase == "scratch" else pretrained)
+        acc = _accuracy(model, data["target_test"])
+        if state.step < 1 + k:
+            run.log(1 + k, {f"test/{phase}_accuracy": acc})
+            state.counters[f"{phase}_accuracy"] = acc
+            state.done = k == len(VARIANTS)
+            state.save(run, step=1 + k)
         out[f"{phase.replace('-', '_')}_accuracy"] = acc
     return run.finish(out)
 
@@ -236,7 +250,7 @@ def _phase_model(run_dir: Path, config: TransferConfig, phase: str, shape) -> nn
     return model.eval()
 
 
-def evaluate(run_dir: str | Path, **_) -> dict:
+def evaluate(run_dir: str | Path, options: EvalOptions | None = None) -> dict:
     """Test accuracies: pretrained model on 0-4; head-only, full fine-tune and scratch on 5-9."""
     run_dir = Path(run_dir)
     config = config_of(run_dir, "transfer")
@@ -245,17 +259,13 @@ def evaluate(run_dir: str | Path, **_) -> dict:
     out = {}
     for phase in ("pretrain",) + VARIANTS:
         split = "source_test" if phase == "pretrain" else "target_test"
-        m = evaluate_tensors(_phase_model(run_dir, config, phase, shape), *data[split], loss_fn=_loss_fn,
-                             metric_fn=_metric_fn, device=torch.device("cpu"))
-        out[f"test/{phase}_accuracy"] = m["accuracy"]
+        out[f"test/{phase}_accuracy"] = _accuracy(_phase_model(run_dir, config, phase, shape), data[split])
     return out
 
 
-def sample(run_dir: str | Path, n: int = 0, out: str | Path | None = None, **_) -> Path:
+def sample(run_dir: str | Path, n: int = 0, out: str | Path | None = None, options: SampleOptions | None = None
+           ) -> Path:
     """Bar chart of the three 5-9 test accuracies (head-only, full fine-tune, scratch)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     run_dir = Path(run_dir)
     res_path = run_dir / "result.json"
     if res_path.exists():
@@ -276,7 +286,15 @@ def sample(run_dir: str | Path, n: int = 0, out: str | Path | None = None, **_) 
     ax.set_title(f"pretrained on 0-4; {k} labels per class of 5-9", fontsize=9)
     fig.tight_layout()
     out = Path(out) if out else run_dir / "samples.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+register("transfer", family="supervised", config=TransferConfig,
+         description="transfer learning 0-4 -> 5-9 with few labels: head-only vs full fine-tune vs scratch",
+         evaluate=evaluate, sample=sample,
+         load=lambda run_dir, config, tag: _phase_model(Path(run_dir), config, "full",
+                                                        tuple(load_data(config)["source_train"][0].shape[1:])),
+         tiny={"dataset": "digits", "model": "mlp", "width": 8, "depth": 1, "pretrain_epochs": 1,
+               "finetune_epochs": 2, "labels_per_class": 2, "batch_size": 64})(train)
