@@ -27,6 +27,7 @@ _MODULES: list[str] = [
     "mlcanon.supervised.seq2seq",
     "mlcanon.supervised.transfer",
     "mlcanon.rl.tabular_cli",
+    "mlcanon.rl.ppo",
     "mlcanon.generative.autoencoder",
 ]
 
