@@ -29,6 +29,9 @@ _MODULES: list[str] = [
     "mlcanon.rl.tabular_cli",
     "mlcanon.rl.ppo",
     "mlcanon.generative.autoencoder",
+    "mlcanon.generative.autoregressive.made",
+    "mlcanon.generative.autoregressive.fvsbn",
+    "mlcanon.generative.autoregressive.nade",
 ]
 
 

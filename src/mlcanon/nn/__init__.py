@@ -38,6 +38,7 @@ from mlcanon.nn.graph import (
     normalized_adjacency,
     to_dense_adjacency,
 )
+from mlcanon.nn.masked import CausalConv1d, MaskedConv2d, MaskedLinear
 from mlcanon.nn.mlp import MLP, Perceptron, count_linear_regions, relu_kinks
 from mlcanon.nn.recurrent import LSTM, ElmanRNN, LSTMCell, clip_grad_norm, elman_bptt
 from mlcanon.nn.resnet import BatchNorm2d, ResidualBlock, ResNet, deep_conv_net
@@ -49,6 +50,7 @@ __all__ = [
     "LSTM",
     "MLP",
     "BatchNorm2d",
+    "CausalConv1d",
     "Decoder",
     "ElmanRNN",
     "Encoder",
@@ -57,6 +59,8 @@ __all__ = [
     "GCNConv",
     "LSTMCell",
     "LearnedPositions",
+    "MaskedConv2d",
+    "MaskedLinear",
     "MultiHeadAttention",
     "PatchEmbedding",
     "Perceptron",
