@@ -28,6 +28,7 @@ _MODULES: list[str] = [
     "mlcanon.supervised.transfer",
     "mlcanon.rl.tabular_cli",
     "mlcanon.rl.ppo",
+    "mlcanon.rl.dqn",
     "mlcanon.generative.autoencoder",
     "mlcanon.generative.autoregressive.made",
     "mlcanon.generative.autoregressive.fvsbn",
