@@ -27,6 +27,8 @@ _MODULES: list[str] = [
     "mlcanon.supervised.seq2seq",
     "mlcanon.supervised.transfer",
     "mlcanon.rl.tabular_cli",
+    "mlcanon.generative.diffusion.ddpm",
+    "mlcanon.generative.diffusion.noisy_classifier",
     "mlcanon.rl.ppo",
     "mlcanon.rl.dqn",
     "mlcanon.generative.autoencoder",
