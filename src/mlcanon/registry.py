@@ -35,6 +35,7 @@ _MODULES: list[str] = [
     "mlcanon.generative.autoregressive.made",
     "mlcanon.generative.autoregressive.fvsbn",
     "mlcanon.generative.autoregressive.nade",
+    "mlcanon.generative.vae",
 ]
 
 

@@ -240,8 +240,10 @@ def save_latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: Path
     elif z.shape[1] == 1:
         z = torch.cat([z, torch.zeros_like(z)], 1)
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    sc = ax.scatter(z[:, 0], z[:, 1], s=3, c=None if labels is None else labels.numpy(), cmap="tab10")
-    if labels is not None:
+    if labels is None:
+        ax.scatter(z[:, 0], z[:, 1], s=3)
+    else:
+        sc = ax.scatter(z[:, 0], z[:, 1], s=3, c=labels.numpy(), cmap="tab10")
         fig.colorbar(sc, ax=ax, label="label")
     ax.set_title(title or "latent codes")
     fig.tight_layout()
