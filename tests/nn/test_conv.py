@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlcanon.errors import UserError
 from mlcanon.nn import (
     avg_pool2d,
     conv1d,
@@ -45,9 +44,9 @@ def test_conv2d_same_valid_groups():
     torch.testing.assert_close(conv2d(x, w, padding="valid"), F.conv2d(x, w, padding="valid"))
     wg = _rand(6, 2, 3, 3, seed=3)
     torch.testing.assert_close(conv2d(x, wg, None, 1, 1, 1, groups=2), F.conv2d(x, wg, None, 1, 1, 1, groups=2))
-    with pytest.raises(UserError, match="padding"):
+    with pytest.raises(ValueError, match="padding"):
         conv2d(x, w, padding="full")
-    with pytest.raises(UserError, match="stride 1"):
+    with pytest.raises(ValueError, match="stride 1"):
         conv2d(x, w, stride=2, padding="same")
 
 

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from mlcanon.errors import UserError
 from mlcanon.nn import GNN, GATConv, GCNConv, SAGEConv, global_pool, normalized_adjacency, to_dense_adjacency
 
 
@@ -96,11 +95,11 @@ def test_batched_graph_readout():
 
 
 def test_bad_graph_inputs():
-    with pytest.raises(UserError, match="outside"):
+    with pytest.raises(ValueError, match="outside"):
         GCNConv(2, 2)(torch.randn(3, 2), torch.tensor([[0, 5], [1, 0]]))
-    with pytest.raises(UserError, match="edge_pairs"):
+    with pytest.raises(ValueError, match="edge_pairs"):
         GNN(2, 4, 1, task="edge")(torch.randn(3, 2), torch.tensor([[0, 1], [1, 0]]))
-    with pytest.raises(UserError, match="conv"):
+    with pytest.raises(ValueError, match="conv"):
         GNN(2, 4, 1, conv="gin")
 
 

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from mlcanon.errors import UserError
 from mlcanon.nn import MLP, Perceptron, count_linear_regions, relu_kinks
 
 XOR_X = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
@@ -44,7 +43,7 @@ def test_perceptron_fails_on_xor():
 
 
 def test_perceptron_bad_labels():
-    with pytest.raises(UserError, match="0 or 1"):
+    with pytest.raises(ValueError, match="0 or 1"):
         Perceptron(2).fit(XOR_X, torch.tensor([0, 2, 1, 0]))
 
 

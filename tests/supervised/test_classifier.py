@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -200,7 +201,7 @@ def test_cosine_schedule_is_logged(tmp_runs):
     res = get(ALGO).train(cfg(tmp_runs, "--dataset", "digits", "--epochs", "3", "--lr-schedule", "cosine",
                               "--log-every", "1"))
     lrs = [r["train/lr"] for r in _metrics(res["run_dir"]) if "train/lr" in r]
-    assert lrs[0] == pytest.approx(1e-3) and all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 1e-5
+    assert lrs[0] == pytest.approx(1e-3) and all(a >= b for a, b in itertools.pairwise(lrs)) and lrs[-1] < 1e-5
 
 
 @pytest.mark.slow

@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlcanon.errors import UserError
-
 __all__ = [
     "Decoder",
     "Encoder",
@@ -55,7 +53,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """
     d = q.shape[-1]
     if k.shape[-1] != d or k.shape[-2] != v.shape[-2]:
-        raise UserError(f"attention: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)} do not fit")
+        raise ValueError(f"attention: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)} do not fit")
     scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # Q K^T / sqrt(d_k)
     if causal:
         scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
@@ -73,7 +71,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 def sinusoidal_positions(T: int, d: int, base: float = 10000.0) -> torch.Tensor:
     """[T, d]: PE[p, 2i] = sin(p / base^(2i/d)), PE[p, 2i+1] = cos(p / base^(2i/d))."""
     if d % 2:
-        raise UserError(f"sinusoidal_positions: d must be even, got {d}")
+        raise ValueError(f"sinusoidal_positions: d must be even, got {d}")
     p = torch.arange(T, dtype=torch.float32).unsqueeze(1)
     inv = base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # 1 / base^(2i/d)
     pe = torch.zeros(T, d)
@@ -93,7 +91,7 @@ class LearnedPositions(nn.Module):
         """[B, T, D] -> [B, T, D]."""
         T = x.shape[1]
         if T > self.weight.shape[0]:
-            raise UserError(f"sequence length {T} exceeds max_len {self.weight.shape[0]}; raise max_len")
+            raise ValueError(f"sequence length {T} exceeds max_len {self.weight.shape[0]}; raise max_len")
         return x + self.weight[:T]
 
 
@@ -103,7 +101,7 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
         if head_dim % 2:
-            raise UserError(f"RotaryEmbedding: head_dim must be even, got {head_dim}")
+            raise ValueError(f"RotaryEmbedding: head_dim must be even, got {head_dim}")
         self.register_buffer("inv_freq", base ** (-torch.arange(0, head_dim, 2).float() / head_dim),
                              persistent=False)
 
@@ -128,7 +126,7 @@ class MultiHeadAttention(nn.Module):
                  kv_dim: int | None = None, rope: bool = False):
         super().__init__()
         if d_model % n_heads:
-            raise UserError(f"MultiHeadAttention: d_model {d_model} must be divisible by n_heads {n_heads}")
+            raise ValueError(f"MultiHeadAttention: d_model {d_model} must be divisible by n_heads {n_heads}")
         self.d_model, self.n_heads, self.head_dim, self.dropout = d_model, n_heads, d_model // n_heads, dropout
         kv_dim = kv_dim or d_model
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)  # W_q
@@ -153,7 +151,7 @@ class MultiHeadAttention(nn.Module):
         """
         B, T, D = x.shape
         if D != self.d_model:
-            raise UserError(f"MultiHeadAttention: expected feature size {self.d_model}, got {D}")
+            raise ValueError(f"MultiHeadAttention: expected feature size {self.d_model}, got {D}")
         ctx = x if context is None else context
         q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(ctx)), self._split(self.v_proj(ctx))
         if self.rope is not None:
@@ -176,7 +174,7 @@ class TransformerBlock(nn.Module):
                  rope: bool = False, activation: str = "gelu"):
         super().__init__()
         if activation not in ("gelu", "relu"):
-            raise UserError(f"TransformerBlock: activation must be gelu or relu, got {activation!r}")
+            raise ValueError(f"TransformerBlock: activation must be gelu or relu, got {activation!r}")
         d_ff = d_ff or 4 * d_model
         self.norm_first, self.causal = norm_first, causal
         self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, rope=rope)
@@ -193,7 +191,7 @@ class TransformerBlock(nn.Module):
                 memory_key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, T, D] (+ memory [B, S, D] for cross-attention) -> [B, T, D]."""
         if (self.cross_attn is None) != (memory is None):
-            raise UserError("TransformerBlock: pass memory= exactly when the block has cross_attention=True")
+            raise ValueError("TransformerBlock: pass memory= exactly when the block has cross_attention=True")
 
         def sa(h):
             return self.drop(self.self_attn(h, mask=mask, causal=self.causal, key_padding_mask=key_padding_mask))
@@ -222,9 +220,9 @@ class _Stack(nn.Module):
                  causal, cross_attention):
         super().__init__()
         if positions not in _POSITIONS:
-            raise UserError(f"positions must be one of {', '.join(_POSITIONS)}, got {positions!r}")
+            raise ValueError(f"positions must be one of {', '.join(_POSITIONS)}, got {positions!r}")
         if num_layers < 1:
-            raise UserError(f"num_layers must be >= 1, got {num_layers}")
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.d_model, self.positions, self.max_len = d_model, positions, max_len
         self.embed = nn.Embedding(vocab_size, d_model) if vocab_size else None
         self.pos = LearnedPositions(max_len, d_model) if positions == "learned" else None
@@ -239,15 +237,15 @@ class _Stack(nn.Module):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.embed is not None:
             if x.dtype not in (torch.int64, torch.int32):
-                raise UserError("this stack has vocab_size set: pass integer token ids [B, T]")
+                raise ValueError("this stack has vocab_size set: pass integer token ids [B, T]")
             x = self.embed(x) * math.sqrt(self.d_model)  # scale embeddings by sqrt(d_model)
         elif x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise UserError(f"expected features [B, T, {self.d_model}] (or build with vocab_size=), got "
+            raise ValueError(f"expected features [B, T, {self.d_model}] (or build with vocab_size=), got "
                             f"{list(x.shape)}")
         T = x.shape[1]
         if self.positions == "sinusoidal":
             if T > self.max_len:
-                raise UserError(f"sequence length {T} exceeds max_len {self.max_len}; raise max_len")
+                raise ValueError(f"sequence length {T} exceeds max_len {self.max_len}; raise max_len")
             x = x + self.pe[:T]  # x + PE
         elif self.pos is not None:
             x = self.pos(x)
@@ -334,7 +332,7 @@ class PatchEmbedding(nn.Module):
         """[B, C, H, W] -> [B, N_patches, D]."""
         H, W = x.shape[-2:]
         if H % self.patch_size or W % self.patch_size:
-            raise UserError(f"image {H}x{W} is not divisible into {self.patch_size}x{self.patch_size} patches")
+            raise ValueError(f"image {H}x{W} is not divisible into {self.patch_size}x{self.patch_size} patches")
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -347,7 +345,7 @@ class ViT(nn.Module):
         super().__init__()
         H, W = (image_size, image_size) if isinstance(image_size, int) else image_size
         if H % patch_size or W % patch_size:
-            raise UserError(f"ViT: image {H}x{W} must be divisible by patch_size {patch_size}")
+            raise ValueError(f"ViT: image {H}x{W} must be divisible by patch_size {patch_size}")
         n = (H // patch_size) * (W // patch_size)
         self.patch = PatchEmbedding(in_channels, patch_size, d_model)
         self.cls = nn.Parameter(torch.zeros(1, 1, d_model))  # learned [CLS] token

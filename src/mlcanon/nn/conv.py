@@ -24,8 +24,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mlcanon.errors import UserError
-
 __all__ = [
     "avg_pool2d",
     "conv1d",
@@ -45,7 +43,7 @@ def _pair(v, name: str) -> tuple[int, int]:
     if isinstance(v, int):
         v = (v, v)
     if len(v) != 2 or any((not isinstance(e, int)) or e < 0 for e in v):
-        raise UserError(f"{name} must be a non-negative int or a pair of them, got {v!r}")
+        raise TypeError(f"{name} must be a non-negative int or a pair of them, got {v!r}")
     return tuple(v)
 
 
@@ -61,11 +59,11 @@ def _resolve_padding(padding, kernel: tuple[int, int], stride: tuple[int, int],
         return (0, 0, 0, 0)
     if padding == "same":
         if stride != (1, 1):
-            raise UserError("padding='same' needs stride 1 (as in torch); give an int padding instead")
+            raise ValueError("padding='same' needs stride 1 (as in torch); give an int padding instead")
         th, tw = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))  # total padding d(k-1)
         return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
     if isinstance(padding, str):
-        raise UserError(f"padding {padding!r}: use 'same', 'valid', an int or a pair of ints")
+        raise ValueError(f"padding {padding!r}: use 'same', 'valid', an int or a pair of ints")  # noqa: TRY004
     ph, pw = _pair(padding, "padding")
     return (pw, pw, ph, ph)
 
@@ -76,16 +74,16 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     N, C, H, W = x.shape
     O, Cg, kh, kw = weight.shape
     if C != Cg * groups or O % groups:
-        raise UserError(f"conv2d: input has {C} channels, weight expects {Cg * groups} (groups={groups})")
+        raise ValueError(f"conv2d: input has {C} channels, weight expects {Cg * groups} (groups={groups})")
     s, d = _pair(stride, "stride"), _pair(dilation, "dilation")
     if min(s) < 1 or min(d) < 1:
-        raise UserError("conv2d: stride and dilation must be >= 1")
+        raise ValueError("conv2d: stride and dilation must be >= 1")
     pl, pr, pt, pb = _resolve_padding(padding, (kh, kw), s, d)
     xp = F.pad(x, (pl, pr, pt, pb))  # x_pad
     Ho = conv_output_size(H + pt + pb, kh, s[0], 0, d[0])
     Wo = conv_output_size(W + pl + pr, kw, s[1], 0, d[1])
     if Ho < 1 or Wo < 1:
-        raise UserError(f"conv2d: kernel {kh}x{kw} (dilation {d}) is larger than the padded input {H}x{W}")
+        raise ValueError(f"conv2d: kernel {kh}x{kw} (dilation {d}) is larger than the padded input {H}x{W}")
     cols = F.unfold(xp, (kh, kw), dilation=d, stride=s)  # [N, C*kh*kw, Ho*Wo]: x_pad[n, c, s*i+d*u, s*j+d*v]
     cols = cols.reshape(N, groups, Cg * kh * kw, Ho * Wo)
     wmat = weight.reshape(groups, O // groups, Cg * kh * kw)
@@ -103,7 +101,7 @@ def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     elif padding == "same":
         padding = "same"
     elif padding != "valid":
-        raise UserError(f"conv1d: padding {padding!r}: use 'same', 'valid' or an int")
+        raise ValueError(f"conv1d: padding {padding!r}: use 'same', 'valid' or an int")
     y = conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, stride), padding, (1, dilation), groups)
     return y.squeeze(2)
 
@@ -126,13 +124,13 @@ def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     N, C, H, W = x.shape
     Ci, _O, kh, kw = weight.shape
     if C != Ci:
-        raise UserError(f"conv_transpose2d: input has {C} channels, weight expects {Ci}")
+        raise ValueError(f"conv_transpose2d: input has {C} channels, weight expects {Ci}")
     s, p, d = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     op = _pair(output_padding, "output_padding")
     if min(s) < 1 or min(d) < 1:
-        raise UserError("conv_transpose2d: stride and dilation must be >= 1")
+        raise ValueError("conv_transpose2d: stride and dilation must be >= 1")
     if op[0] >= max(s[0], d[0]) or op[1] >= max(s[1], d[1]):
-        raise UserError("conv_transpose2d: output_padding must be smaller than stride or dilation")
+        raise ValueError("conv_transpose2d: output_padding must be smaller than stride or dilation")
     z = x.new_zeros(N, C, (H - 1) * s[0] + 1, (W - 1) * s[1] + 1)
     z[:, :, :: s[0], :: s[1]] = x  # zeros inserted between entries (the stride-s "dilation" of dL/dy)
     eh, ew = d[0] * (kh - 1) - p[0], d[1] * (kw - 1) - p[1]  # full-convolution padding d(k-1) minus p
@@ -211,5 +209,5 @@ def avg_pool2d(x: torch.Tensor, kernel_size, stride=None, padding: int = 0) -> t
 def subsample2d(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Subsampling pool: keep every ``factor``-th pixel (the top-left of each window)."""
     if factor < 1:
-        raise UserError(f"subsample2d: factor must be >= 1, got {factor}")
+        raise ValueError(f"subsample2d: factor must be >= 1, got {factor}")
     return x[:, :, ::factor, ::factor]

@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlcanon.errors import UserError
-
 __all__ = [
     "GNN",
     "GATConv",
@@ -33,9 +31,9 @@ __all__ = [
 
 def _check_edges(edge_index: torch.Tensor, num_nodes: int) -> None:
     if edge_index.dim() != 2 or edge_index.shape[0] != 2 or edge_index.dtype != torch.long:
-        raise UserError(f"edge_index must be a long tensor [2, E], got {edge_index.dtype} {list(edge_index.shape)}")
+        raise ValueError(f"edge_index must be a long tensor [2, E], got {edge_index.dtype} {list(edge_index.shape)}")
     if edge_index.numel() and (edge_index.min() < 0 or edge_index.max() >= num_nodes):
-        raise UserError(f"edge_index refers to nodes outside 0..{num_nodes - 1}")
+        raise ValueError(f"edge_index refers to nodes outside 0..{num_nodes - 1}")
 
 
 def to_dense_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
@@ -101,7 +99,7 @@ class SAGEConv(nn.Module):
     def __init__(self, in_features: int, out_features: int, aggr: str = "mean"):
         super().__init__()
         if aggr not in self.AGGREGATIONS:
-            raise UserError(f"SAGEConv: aggr must be one of {', '.join(self.AGGREGATIONS)}, got {aggr!r}")
+            raise ValueError(f"SAGEConv: aggr must be one of {', '.join(self.AGGREGATIONS)}, got {aggr!r}")
         self.aggr = aggr
         self.lin_self = nn.Linear(in_features, out_features)  # W_self
         self.lin_nbr = nn.Linear(in_features, out_features, bias=False)  # W_nbr
@@ -155,7 +153,7 @@ def global_pool(x: torch.Tensor, batch: torch.Tensor | None = None, num_graphs: 
                 mode: str = "mean") -> torch.Tensor:
     """Graph readout: mean / sum / max of node states per graph ([N, F] -> [G, F]); invariant to node order."""
     if mode not in ("mean", "sum", "max"):
-        raise UserError(f"global_pool: mode must be mean, sum or max, got {mode!r}")
+        raise ValueError(f"global_pool: mode must be mean, sum or max, got {mode!r}")
     if batch is None:
         batch = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     G = int(batch.max()) + 1 if num_graphs is None else num_graphs
@@ -174,9 +172,9 @@ class GNN(nn.Module):
                  dropout: float = 0.0):
         super().__init__()
         if task not in ("node", "graph", "edge"):
-            raise UserError(f"GNN: task must be node, graph or edge, got {task!r}")
+            raise ValueError(f"GNN: task must be node, graph or edge, got {task!r}")
         if num_layers < 1:
-            raise UserError(f"GNN: num_layers must be >= 1, got {num_layers}")
+            raise ValueError(f"GNN: num_layers must be >= 1, got {num_layers}")
         self.task, self.readout, self.dropout = task, readout, dropout
         layers = []
         d = in_features
@@ -189,7 +187,7 @@ class GNN(nn.Module):
                 layers.append(GATConv(d, hidden // heads if hidden % heads == 0 else hidden, heads,
                                       concat=hidden % heads == 0))
             else:
-                raise UserError(f"GNN: conv must be gcn, sage-mean, sage-max, sage-sum or gat, got {conv!r}")
+                raise ValueError(f"GNN: conv must be gcn, sage-mean, sage-max, sage-sum or gat, got {conv!r}")
             d = hidden
         self.layers = nn.ModuleList(layers)
         self.head = nn.Linear(2 * hidden if task == "edge" else hidden, out_features)
@@ -206,5 +204,5 @@ class GNN(nn.Module):
         if self.task == "graph":
             return self.head(global_pool(h, batch, num_graphs, self.readout))
         if edge_pairs is None:
-            raise UserError("GNN(task='edge') needs edge_pairs= [2, P], the node pairs to score")
+            raise ValueError("GNN(task='edge') needs edge_pairs= [2, P], the node pairs to score")
         return self.head(torch.cat([h[edge_pairs[0]], h[edge_pairs[1]]], dim=1))  # head([h_u || h_v])

@@ -16,8 +16,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mlcanon.errors import UserError
-
 __all__ = ["MLP", "Perceptron", "count_linear_regions", "relu_kinks"]
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -29,7 +27,7 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 def activation(name: str) -> nn.Module:
     """An activation module by name (relu, tanh, sigmoid, gelu, silu, leaky_relu, elu, identity)."""
     if name not in _ACTIVATIONS:
-        raise UserError(f"unknown activation {name!r}; use one of {', '.join(_ACTIVATIONS)}")
+        raise ValueError(f"unknown activation {name!r}; use one of {', '.join(_ACTIVATIONS)}")
     return _ACTIVATIONS[name]()
 
 
@@ -38,7 +36,7 @@ class Perceptron:
 
     def __init__(self, in_features: int, lr: float = 1.0):
         if in_features < 1:
-            raise UserError(f"Perceptron: in_features must be >= 1, got {in_features}")
+            raise ValueError(f"Perceptron: in_features must be >= 1, got {in_features}")
         self.w = torch.zeros(in_features, dtype=torch.float64)
         self.b = torch.zeros((), dtype=torch.float64)
         self.lr = lr
@@ -54,9 +52,9 @@ class Perceptron:
         """
         N, _D = x.shape
         if y.shape != (N,):
-            raise UserError(f"Perceptron.fit: y must have shape [{N}], got {list(y.shape)}")
+            raise ValueError(f"Perceptron.fit: y must have shape [{N}], got {list(y.shape)}")
         if not torch.all((y == 0) | (y == 1)):
-            raise UserError("Perceptron.fit: labels must be 0 or 1")
+            raise ValueError("Perceptron.fit: labels must be 0 or 1")
         x = x.to(torch.float64)
         updates = 0
         for epoch in range(1, max_epochs + 1):
@@ -80,10 +78,10 @@ class MLP(nn.Module):
                  act: str = "relu", dropout: float = 0.0, out_act: str = "identity"):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
-            raise UserError(f"MLP: dropout must be in [0, 1), got {dropout}")
+            raise ValueError(f"MLP: dropout must be in [0, 1), got {dropout}")
         sizes = [in_features, *hidden, out_features]
         if any(s < 1 for s in sizes):
-            raise UserError(f"MLP: every layer size must be >= 1, got {sizes}")
+            raise ValueError(f"MLP: every layer size must be >= 1, got {sizes}")
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(a, b))  # W_l h_l + b_l
@@ -102,7 +100,7 @@ class MLP(nn.Module):
 def relu_kinks(first: nn.Linear, lo: float, hi: float) -> torch.Tensor:
     """Kink locations x_j = -b_j / w_j of the ReLUs of a 1-D shallow net that fall inside (lo, hi), sorted."""
     if first.in_features != 1:
-        raise UserError(f"relu_kinks: the first layer must take 1 input, got {first.in_features}")
+        raise ValueError(f"relu_kinks: the first layer must take 1 input, got {first.in_features}")
     w = first.weight.detach().reshape(-1).to(torch.float64)
     b = first.bias.detach().to(torch.float64)
     x = -b[w != 0] / w[w != 0]  # relu(w x + b) switches at w x + b = 0
@@ -118,7 +116,7 @@ def count_linear_regions(f: Callable[[torch.Tensor], torch.Tensor], lo: float = 
     are merged). Regions = kinks + 1.
     """
     if not hi > lo or n < 3:
-        raise UserError("count_linear_regions: need hi > lo and n >= 3")
+        raise ValueError("count_linear_regions: need hi > lo and n >= 3")
     x = torch.linspace(lo, hi, n, dtype=torch.float64).unsqueeze(1)
     with torch.no_grad():
         y = f(x).reshape(-1).to(torch.float64)

@@ -23,8 +23,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from mlcanon.errors import UserError
-
 __all__ = ["LSTM", "ElmanRNN", "LSTMCell", "clip_grad_norm", "elman_bptt"]
 
 
@@ -36,7 +34,7 @@ def _uniform_(params: Iterable[torch.Tensor], hidden: int) -> None:
 
 def _check_input(x: torch.Tensor, input_size: int, batch_first: bool) -> torch.Tensor:
     if x.dim() != 3 or x.shape[-1] != input_size:
-        raise UserError(f"recurrent layer: expected input [B, T, {input_size}] (batch_first) or "
+        raise ValueError(f"recurrent layer: expected input [B, T, {input_size}] (batch_first) or "
                         f"[T, B, {input_size}], got {list(x.shape)}")
     return x if batch_first else x.transpose(0, 1)
 
@@ -47,7 +45,7 @@ class ElmanRNN(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = True):
         super().__init__()
         if num_layers < 1:
-            raise UserError(f"ElmanRNN: num_layers must be >= 1, got {num_layers}")
+            raise ValueError(f"ElmanRNN: num_layers must be >= 1, got {num_layers}")
         self.input_size, self.hidden_size, self.num_layers, self.batch_first = (input_size, hidden_size,
                                                                                  num_layers, batch_first)
         for layer in range(num_layers):
@@ -152,9 +150,9 @@ class LSTM(nn.Module):
                  forget_bias: float | None = None, dropout: float = 0.0):
         super().__init__()
         if num_layers < 1:
-            raise UserError(f"LSTM: num_layers must be >= 1, got {num_layers}")
+            raise ValueError(f"LSTM: num_layers must be >= 1, got {num_layers}")
         if not 0.0 <= dropout < 1.0:
-            raise UserError(f"LSTM: dropout must be in [0, 1), got {dropout}")
+            raise ValueError(f"LSTM: dropout must be in [0, 1), got {dropout}")
         self.input_size, self.hidden_size, self.num_layers, self.batch_first = (input_size, hidden_size,
                                                                                  num_layers, batch_first)
         self.dropout = dropout
@@ -202,7 +200,7 @@ class LSTM(nn.Module):
 def clip_grad_norm(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm: float) -> torch.Tensor:
     """Scale all gradients in place by min(1, max_norm / ||g||), ||g|| the global L2 norm; return ||g||."""
     if max_norm <= 0:
-        raise UserError(f"clip_grad_norm: max_norm must be > 0, got {max_norm}")
+        raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm}")
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
     grads = [p.grad for p in parameters if p.grad is not None]

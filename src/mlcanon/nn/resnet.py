@@ -20,8 +20,6 @@ import math
 import torch
 from torch import nn
 
-from mlcanon.errors import UserError
-
 __all__ = ["BatchNorm2d", "ResNet", "ResidualBlock", "deep_conv_net"]
 
 
@@ -43,7 +41,7 @@ class BatchNorm2d(nn.Module):
         if self.training:
             n = N * H * W
             if n < 2:
-                raise UserError("BatchNorm2d in training mode needs more than one value per channel")
+                raise ValueError("BatchNorm2d in training mode needs more than one value per channel")
             mu = x.mean(dim=(0, 2, 3))  # mu_B
             var = x.var(dim=(0, 2, 3), unbiased=False)  # var_B (biased)
             with torch.no_grad():
@@ -95,7 +93,7 @@ class ResNet(nn.Module):
                  blocks_per_stage: int = 2, norm: bool = True, rescale: bool = False, dropout: float = 0.0):
         super().__init__()
         if stages < 1 or blocks_per_stage < 1 or width < 1:
-            raise UserError("ResNet: width, stages and blocks_per_stage must all be >= 1")
+            raise ValueError("ResNet: width, stages and blocks_per_stage must all be >= 1")
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=not norm), _norm(width, norm),
                                   nn.ReLU())
         blocks, c = [], width
@@ -120,6 +118,6 @@ def deep_conv_net(depth: int, channels: int = 8, residual: bool = True, norm: bo
                   rescale: bool = False) -> nn.Sequential:
     """A stack of ``depth`` conv layers (depth//2 blocks of two convs), residual or plain, same size throughout."""
     if depth < 2 or depth % 2:
-        raise UserError(f"deep_conv_net: depth must be an even number >= 2, got {depth}")
+        raise ValueError(f"deep_conv_net: depth must be an even number >= 2, got {depth}")
     return nn.Sequential(*[ResidualBlock(channels, channels, 1, norm=norm, rescale=rescale, residual=residual)
                            for _ in range(depth // 2)])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlcanon.errors import UserError
 from mlcanon.nn.conv import conv_transpose2d
 
 __all__ = ["Upsample", "bed_of_nails", "max_unpool2d", "upsample_bilinear", "upsample_nearest"]
@@ -21,7 +20,7 @@ __all__ = ["Upsample", "bed_of_nails", "max_unpool2d", "upsample_bilinear", "ups
 
 def _check_factor(scale: int) -> None:
     if not isinstance(scale, int) or scale < 1:
-        raise UserError(f"up-sampling factor must be an int >= 1, got {scale!r}")
+        raise ValueError(f"up-sampling factor must be an int >= 1, got {scale!r}")
 
 
 def upsample_nearest(x: torch.Tensor, scale: int = 2) -> torch.Tensor:
@@ -64,7 +63,7 @@ def max_unpool2d(x: torch.Tensor, indices: torch.Tensor, output_size: tuple[int,
     """Put each value back where the matching max pool found it (flat H*W indices); zeros elsewhere."""
     N, C, h, w = x.shape
     if indices.shape != x.shape:
-        raise UserError(f"max_unpool2d: indices shape {list(indices.shape)} must equal input shape {list(x.shape)}")
+        raise ValueError(f"max_unpool2d: indices shape {list(indices.shape)} must equal input shape {list(x.shape)}")
     H, W = output_size
     y = x.new_zeros(N, C, H * W)
     y = y.scatter(2, indices.reshape(N, C, h * w), x.reshape(N, C, h * w))  # y[idx] = x
@@ -80,11 +79,11 @@ class Upsample(nn.Module):
         super().__init__()
         _check_factor(scale)
         if mode not in self.MODES:
-            raise UserError(f"Upsample: unknown mode {mode!r}; use one of {', '.join(self.MODES)}")
+            raise ValueError(f"Upsample: unknown mode {mode!r}; use one of {', '.join(self.MODES)}")
         self.scale, self.mode = scale, mode
         if mode == "transposed":
             if channels is None:
-                raise UserError("Upsample(mode='transposed') needs channels=")
+                raise ValueError("Upsample(mode='transposed') needs channels=")
             # kernel s, stride s: out = (H-1)s + s = sH
             self.conv = nn.ConvTranspose2d(channels, channels, scale, stride=scale)
 

@@ -26,7 +26,7 @@ from mlcanon.registry import EvalOptions, SampleOptions, register
 from mlcanon.runs import Run, load_weights
 from mlcanon.supervised.gradcam import save_overlays
 from mlcanon.supervised.models import MODELS, build_model
-from mlcanon.training import Trainer, TrainConfig, TensorBatches, evaluate_in_batches
+from mlcanon.training import TensorBatches, TrainConfig, Trainer, evaluate_in_batches
 
 AUGMENTATIONS = ("crop", "flip", "rotate")
 

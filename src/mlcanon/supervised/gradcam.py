@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def default_target_layer(model: nn.Module, x: torch.Tensor) -> nn.Module:
