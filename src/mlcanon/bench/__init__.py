@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 _MODULES = [
     "mlcanon.bench.classifier",
+    "mlcanon.bench.metrics",
     "mlcanon.bench.supervised_tasks",
     "mlcanon.bench.tabular",
     "mlcanon.bench.tabular_learning",
@@ -67,9 +68,6 @@ def entries(suite: str) -> list[Entry]:
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        for m in _MODULES:
-            try:
-                importlib.import_module(m)
-            except ModuleNotFoundError:
-                pass
+        for m in _MODULES:   # an import error is a bug: it propagates (peers are imported inside entries)
+            importlib.import_module(m)
     return [e for e in _ENTRIES.values() if suite in e.suites]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 
 from mlcanon.bench import Row, bench
+from mlcanon.config import build_config
+from mlcanon.registry import get
 
 # (name, CLI flags, target accuracy %, suites)
 CASES = [
@@ -19,11 +22,6 @@ CASES = [
 
 def _run(name: str, flags: str, target: float, seeds: tuple[int, ...] = (0,)) -> Row:
     """Train once per seed; the row's figure is the median test accuracy (DESIGN.md 8), wall is per run."""
-    import statistics
-
-    from mlcanon.config import build_config
-    from mlcanon.registry import get
-
     algo = get("classifier")
     accs, walls = [], []
     for seed in seeds:

@@ -18,6 +18,8 @@ import tempfile
 import time
 
 from mlcanon.bench import Row, bench
+from mlcanon.config import build_config
+from mlcanon.registry import get
 
 # (row name, algorithm, CLI flags, result key, scale to %, target %, notes)
 TASKS = [
@@ -40,8 +42,6 @@ CLASSIFIERS = {
 
 
 def _train(algorithm: str, flags: str) -> tuple[dict, float]:
-    from mlcanon.config import build_config
-    from mlcanon.registry import get
 
     algo = get(algorithm)
     with tempfile.TemporaryDirectory() as d:
