@@ -1,0 +1,202 @@
+"""Coupling layers, their masks and conditioner networks, and the multi-scale architecture.
+
+A coupling layer leaves the masked part x_a = m * x unchanged and transforms the rest with functions of x_a,
+so its Jacobian is triangular and its inverse is explicit (Dinh et al. 2015, NICE, section 3.2):
+
+- additive (NICE eq. 6): z = m x + (1 - m) (x + t(m x)),            log|det| = 0
+- affine (RealNVP eq. 6-9): z = m x + (1 - m) (x exp(s(m x)) + t(m x)),  log|det| = sum (1 - m) s
+
+with the scale bounded, s = c tanh(s_raw) with a learned per-channel c (RealNVP 4.1 uses a tanh-bounded
+scale), so one step cannot blow up. Masks: :func:`checkerboard_mask` (spatial parity) and
+:func:`channel_mask` (first / second half of the channels), :func:`alternating_mask` for vectors.
+:class:`MultiScale` factors out half of the dimensions after each level (RealNVP 3.6, Glow figure 2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mlcanon.generative.flows.layers import ActNorm, BatchNormFlow, FlowLayer, FlowSequence, sum_except_batch
+
+
+# ------------------------------------------------------------------------------------------------ masks
+def checkerboard_mask(height: int, width: int, parity: int = 0) -> torch.Tensor:
+    """[1, 1, H, W] with 1 where (i + j) % 2 == parity (RealNVP figure 3, left)."""
+    i, j = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return ((i + j) % 2 == parity).float().view(1, 1, height, width)
+
+
+def channel_mask(channels: int, parity: int = 0) -> torch.Tensor:
+    """[1, C, 1, 1] with 1 on the first half of the channels (parity 0) or the second (parity 1)
+    (RealNVP figure 3, right)."""
+    first = (torch.arange(channels) < channels // 2).float()
+    return (first if parity == 0 else 1 - first).view(1, channels, 1, 1)
+
+
+def alternating_mask(dim: int, parity: int = 0) -> torch.Tensor:
+    """[1, D] with 1 on the even (parity 0) or odd (parity 1) features: the vector checkerboard."""
+    return ((torch.arange(dim) % 2) == parity).float().view(1, dim)
+
+
+# ----------------------------------------------------------------------------------- conditioner networks
+class MLPNet(nn.Module):
+    """Conditioner for vectors: [B, D] -> [B, out_factor * D] (two hidden ReLU layers; the last layer starts
+    at zero so that every coupling starts as the identity, as Glow 3.3)."""
+
+    def __init__(self, dim: int, hidden: int, out_factor: int, layers: int = 2):
+        super().__init__()
+        mods, d = [], dim
+        for _ in range(layers):
+            mods += [nn.Linear(d, hidden), nn.ReLU()]
+            d = hidden
+        last = nn.Linear(d, out_factor * dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*mods, last)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ConvNet(nn.Module):
+    """Conditioner for images: [B, C, H, W] -> [B, out_factor * C, H, W]: conv 3x3, ReLU, conv 1x1, ReLU,
+    conv 3x3 (zero-initialized, Glow 3.3), the shape of Glow's NN()."""
+
+    def __init__(self, channels: int, hidden: int, out_factor: int):
+        super().__init__()
+        last = nn.Conv2d(hidden, out_factor * channels, 3, padding=1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(hidden, hidden, 1), nn.ReLU(), last)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def conditioner(shape: tuple[int, ...], hidden: int, out_factor: int) -> nn.Module:
+    """An :class:`MLPNet` for an event shape (D,), a :class:`ConvNet` for (C, H, W)."""
+    if len(shape) == 1:
+        return MLPNet(shape[0], hidden, out_factor)
+    return ConvNet(shape[0], hidden, out_factor)
+
+
+# ------------------------------------------------------------------------------------------------ layers
+class AdditiveCoupling(FlowLayer):
+    """NICE's additive coupling (Dinh et al. 2015, eq. 6): z = m x + (1 - m) (x + t(m x)); volume preserving."""
+
+    def __init__(self, mask: torch.Tensor, net: nn.Module):
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.net = net
+
+    def forward(self, x):
+        m = self.mask.to(x.dtype)
+        t = self.net(m * x)
+        return x + (1 - m) * t, x.new_zeros(x.shape[0])           # log|det| = 0 (unit triangular Jacobian)
+
+    def inverse(self, z):
+        m = self.mask.to(z.dtype)
+        return z - (1 - m) * self.net(m * z), z.new_zeros(z.shape[0])   # m z = m x, so t is recomputed exactly
+
+
+class AffineCoupling(FlowLayer):
+    """RealNVP's affine coupling (Dinh et al. 2017, eq. 9): z = m x + (1 - m) (x exp(s) + t), (s, t) from m x.
+
+    s = c tanh(s_raw), c a learned per-channel bound (starts at 1), so exp(s) stays in [e^-c, e^c].
+    log|det dz/dx| = sum (1 - m) s  (eq. 6: the Jacobian is triangular with diagonal exp(s) on the free part).
+    """
+
+    def __init__(self, mask: torch.Tensor, net: nn.Module, channels: int):
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.net = net
+        self.scale_bound = nn.Parameter(torch.ones(channels))
+
+    def _s_t(self, xa):
+        s_raw, t = self.net(xa).chunk(2, dim=1)
+        c = self.scale_bound.view(1, -1, *([1] * (xa.dim() - 2)))
+        return c * torch.tanh(s_raw), t                           # bounded log-scale
+
+    def forward(self, x):
+        m = self.mask.to(x.dtype)
+        s, t = self._s_t(m * x)
+        z = m * x + (1 - m) * (x * torch.exp(s) + t)              # eq. 9
+        return z, sum_except_batch((1 - m) * s)
+
+    def inverse(self, z):
+        m = self.mask.to(z.dtype)
+        s, t = self._s_t(m * z)
+        x = m * z + (1 - m) * (z - t) * torch.exp(-s)             # x_b = (z_b - t) exp(-s)
+        return x, -sum_except_batch((1 - m) * s)
+
+
+# ----------------------------------------------------------------------------------------- multi-scale
+class MultiScale(FlowLayer):
+    """The multi-scale architecture (RealNVP 3.6; Glow figure 2): after each level but the last, half of the
+    channels are factored out (sent straight to the base distribution) and the next level works on the rest.
+
+    ``levels`` are flow layers on images; ``input_shape`` is (C, H, W). forward returns z flattened to
+    [B, D] (the factored-out parts, level by level, then the last level's output), so the base distribution
+    is over D = C H W values; inverse takes that [B, D] vector back.
+    """
+
+    def __init__(self, levels: list[FlowLayer], input_shape: tuple[int, int, int]):
+        super().__init__()
+        self.levels = nn.ModuleList(levels)
+        self.input_shape = tuple(input_shape)
+        self.shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []   # (factored shape, kept shape) per level
+        with torch.no_grad():                                          # the shapes each level produces
+            h = torch.zeros(1, *self.input_shape)
+            for i, level in enumerate(self.levels):
+                h = _shape_pass(level, h)
+                if i < len(self.levels) - 1:
+                    if h.shape[1] % 2:
+                        raise ValueError(f"level {i} ends with {h.shape[1]} channels: cannot factor out half")
+                    out, h = h.chunk(2, dim=1)
+                    self.shapes.append((tuple(out.shape[1:]), tuple(h.shape[1:])))
+                else:
+                    self.shapes.append(((0,), tuple(h.shape[1:])))
+
+    def forward(self, x):
+        logdet = x.new_zeros(x.shape[0])
+        outs, h = [], x
+        for i, level in enumerate(self.levels):
+            h, ld = level(h)
+            logdet = logdet + ld
+            if i < len(self.levels) - 1:
+                out, h = h.chunk(2, dim=1)                  # factor out half (RealNVP eq. 13-14)
+                outs.append(out.flatten(1))
+        outs.append(h.flatten(1))
+        return torch.cat(outs, 1), logdet
+
+    def inverse(self, z):
+        B = z.shape[0]
+        sizes = [math.prod(s[0]) for s in self.shapes[:-1]] + [math.prod(self.shapes[-1][1])]
+        parts = list(torch.split(z, sizes, dim=1))
+        h = parts[-1].view(B, *self.shapes[-1][1])
+        logdet = z.new_zeros(B)
+        for i in reversed(range(len(self.levels))):
+            if i < len(self.levels) - 1:
+                h = torch.cat([parts[i].view(B, *self.shapes[i][0]), h], 1)
+            h, ld = self.levels[i].inverse(h)
+            logdet = logdet + ld
+        return h, logdet
+
+
+def _shape_pass(level: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Output of ``level`` on a zero batch, without triggering data-dependent initialization."""
+    if isinstance(level, FlowSequence):
+        for layer in level.layers:
+            h = _shape_pass(layer, h)
+        return h
+    if isinstance(level, (ActNorm, BatchNormFlow)):
+        return h
+    was = level.training
+    level.eval()
+    out = level(h)[0]
+    level.train(was)
+    return out
