@@ -66,7 +66,7 @@ def test_q_learning_train_eval_sample(tmp_runs):
     assert [x["step"] for x in m] == list(range(10, 121, 10))
     assert {"rollout/episode_return", "train/epsilon", "eval/gap_to_optimal"} <= set(m[-1])
     assert m[0]["train/epsilon"] > m[-1]["train/epsilon"]
-    ev = algo.evaluate(d, episodes=20)
+    ev = algo.evaluate(d, algo.eval_options(episodes=20))
     assert ev["episodes"] == 160 and 0.0 < ev["eval/return_mean"] <= 1.0 and ev["eval/return_ci95"] >= 0
     out = algo.sample(d, 10, tmp_runs / "s.png")
     assert out.is_file() and (tmp_runs / "s.txt").read_text().count("t=") >= 1
@@ -109,14 +109,15 @@ def test_td0_and_dp_and_bandit(tmp_runs):
     td = registry.get("td0")
     r = td.train(td.config_cls(out_dir=str(tmp_runs), episodes=100, num_seeds=4, gamma=0.9, progress=False))
     assert r["value_error_of_seed_mean"] < 0.2 and r["V"].shape == (4, 16)
-    with pytest.raises(UserError, match="control run"):
-        td.evaluate(r["run_dir"])
+    ev = td.evaluate(r["run_dir"])                            # against V^pi of the random policy, by DP
+    assert ev["eval/value_error_of_seed_mean"] == pytest.approx(r["value_error_of_seed_mean"])
+    assert ev["eval/value_error"] == pytest.approx(r["value_error_max"]) and ev["seeds"] == 4
     for name in ("value-iteration", "policy-iteration"):
         algo = registry.get(name)
         r = algo.train(algo.config_cls(out_dir=str(tmp_runs), env="FrozenLake-v1", gamma=0.95, progress=False))
         res = json.loads((tmp_runs / r["run_dir"].split("/")[-1] / "result.json").read_text())
         assert res["dp_optimum"] == pytest.approx(r["V"] @ np.full(16, 0) + r["V"][0])  # start state 0
-        ev = algo.evaluate(r["run_dir"], episodes=200)
+        ev = algo.evaluate(r["run_dir"], algo.eval_options(episodes=200))
         assert 0.6 < ev["eval/return_mean"] < 0.9          # slippery FrozenLake: optimal success rate ~0.74
     b = registry.get("bandit")
     r = b.train(b.config_cls(out_dir=str(tmp_runs), strategy="thompson", total_steps=300, num_seeds=50,

@@ -23,7 +23,7 @@ import numpy as np
 from mlcanon.config import CommonConfig, option, validate
 from mlcanon.errors import UserError
 from mlcanon.metrics.rl import mean_ci95
-from mlcanon.registry import algorithm_of_run, register
+from mlcanon.registry import EvalOptions, SampleOptions, algorithm_of_run, register
 from mlcanon.rl import bandits as bd
 from mlcanon.rl import dp, plots
 from mlcanon.rl import exploration as ex
@@ -311,6 +311,27 @@ def _load(run_dir):
     return algo, config, loaded[0]
 
 
+@dataclasses.dataclass
+class TabularEvalOptions(EvalOptions):
+    """Options of `mlcanon eval` on a tabular control or DP run."""
+
+    episodes: int = option(100, "greedy episodes per policy (per seed's policy for a learner run)", min=1)
+
+
+def _load_tables(run_dir, config=None, tag: str = "checkpoint") -> dict:
+    """``mlcanon.load_run`` hook: the learned tables as numpy arrays (Q [N, S, A] or V [N, S] per seed and
+    the greedy policies; DP: V and pi). Tabular runs keep one checkpoint, the last (``tag`` is not used)."""
+    algo, _, state = _load(run_dir)
+    if "learner" in state:
+        d = state["learner"]
+        if algo.name == "td0":
+            return {"V": np.asarray(d["V"])}
+        return {"Q": np.asarray(d["Q"]), "policy": dp.greedy(np.asarray(d["Q"]))}
+    if "policy" in state:
+        return {"V": np.asarray(state["V"]), "policy": np.asarray(state["policy"])}
+    return {"cumulative_regret": np.asarray(state["cumulative_regret"])}
+
+
 def _greedy_returns(env, policy: np.ndarray, episodes: int, max_episode_steps: int, seed: int) -> np.ndarray:
     """Returns of ``episodes`` greedy episodes per policy row ([M, S] int) -> [M * episodes]."""
     mdp = _mdp(env, None)
@@ -331,15 +352,15 @@ def _greedy_returns(env, policy: np.ndarray, episodes: int, max_episode_steps: i
     return G
 
 
-def _evaluate_learner(run_dir, episodes: int = 100) -> dict:
+def _evaluate_learner(run_dir, options: TabularEvalOptions | None = None) -> dict:
+    options = options or TabularEvalOptions()
     algo, config, state = _load(run_dir)
-    if "learner" not in state or algo.name == "td0":
-        raise UserError(f"{run_dir}: eval needs a control run (it evaluates the greedy policy); "
-                        f"{algo.name} predicts values - see result.json")
+    if algo.name == "td0":
+        return _evaluate_prediction(config, np.asarray(state["learner"]["V"]))
     Q = state["learner"]["Q"]
     mdp = _mdp(config.env, None)
     pol = dp.greedy(Q if mdp is not None else Q[:1])                 # model-free: seed 0 only (real envs)
-    G = _greedy_returns(config.env, pol, episodes, config.max_episode_steps, config.seed)
+    G = _greedy_returns(config.env, pol, options.episodes, config.max_episode_steps, options.seed)
     mean, half = _mean_ci95(G)
     out = {"eval/return_mean": mean, "eval/return_ci95": half, "episodes": len(G)}
     gamma = config.gamma if config.gamma is not None else (mdp.gamma if mdp is not None else None)
@@ -351,7 +372,23 @@ def _evaluate_learner(run_dir, episodes: int = 100) -> dict:
     return out
 
 
-def _sample_tabular(run_dir, n: int = 64, out=None) -> Path:
+def _evaluate_prediction(config, V: np.ndarray) -> dict:
+    """Prediction runs: the error of each seed's V against V^pi from the model (policy evaluation, S&B 4.1)."""
+    mdp = _mdp(config.env, config.gamma)
+    if mdp is None:
+        raise UserError(f"{config.env} has no model, so there is no exact V^pi to score td0 against; "
+                        "see the run's curves and result.json")
+    S, A = mdp.R.shape
+    policy = np.full((S, A), 1.0 / A) if config.policy == "random" else _optimum(mdp)[1]
+    V_pi = dp.policy_evaluation(mdp, policy)
+    err = np.abs(V - V_pi).max(1)                                   # max_s |V(s) - V^pi(s)| per seed
+    mean, half = _mean_ci95(err)
+    return {"eval/value_error": mean, "eval/value_error_ci95": half,
+            "eval/value_error_of_seed_mean": float(np.abs(V.mean(0) - V_pi).max()), "seeds": len(err)}
+
+
+def _sample_tabular(run_dir, n: int = 64, out=None, options: SampleOptions | None = None) -> Path:
+    options = options or SampleOptions()
     algo, config, state = _load(run_dir)
     out = Path(out) if out else Path(run_dir) / "samples.png"
     mdp = _mdp(config.env, None)
@@ -373,7 +410,7 @@ def _sample_tabular(run_dir, n: int = 64, out=None) -> Path:
         env = make(config.env, render_mode="ansi")
     except TypeError:
         env = make(config.env)
-    s, _ = env.reset(seed=config.seed)
+    s, _ = env.reset(seed=options.seed)
     lines = [f"greedy rollout of {algo.name} on {config.env} (up to {n} steps)"]
     G = 0.0
     for t in range(n):
@@ -393,8 +430,9 @@ def _sample_tabular(run_dir, n: int = 64, out=None) -> Path:
 
 
 def _learner_entry(name: str, cfg: type, description: str):
-    @register(name, family="rl-tabular", config=cfg, description=description,
-              evaluate=_evaluate_learner, sample=_sample_tabular)
+    @register(name, family="rl-tabular", config=cfg, description=description, evaluate=_evaluate_learner,
+              sample=_sample_tabular, load=_load_tables, eval_options=TabularEvalOptions,
+              tiny={"episodes": 20, "num_seeds": 3, "log_every": 5, "checkpoint_every": 5})
     def train(config, run=None):
         """Train, log, checkpoint and plot (resumes from ``run``'s checkpoint when it has one)."""
         return _train_learner(name, config, run)
@@ -440,30 +478,34 @@ def _train_dp(name: str, config, run=None) -> dict:
     return {**out, "V": V, "policy": pi}
 
 
-def _evaluate_dp(run_dir, episodes: int = 100) -> dict:
+def _evaluate_dp(run_dir, options: TabularEvalOptions | None = None) -> dict:
+    options = options or TabularEvalOptions()
     _, config, state = _load(run_dir)
-    G = _greedy_returns(config.env, np.asarray(state["policy"])[None], episodes, config.max_episode_steps,
-                        config.seed)
+    G = _greedy_returns(config.env, np.asarray(state["policy"])[None], options.episodes,
+                        config.max_episode_steps, options.seed)
     mean, half = _mean_ci95(G)
     return {"eval/return_mean": mean, "eval/return_ci95": half, "episodes": len(G)}
 
 
 @register("value-iteration", family="rl-tabular", config=ValueIterationConfig,
-          description="value iteration on an env's MDP (S&B 4.4)", evaluate=_evaluate_dp, sample=_sample_tabular)
+          description="value iteration on an env's MDP (S&B 4.4)", evaluate=_evaluate_dp, sample=_sample_tabular,
+          load=_load_tables, eval_options=TabularEvalOptions, one_shot=True)
 def train_value_iteration(config, run=None):
     """V* and pi* by value iteration; writes values.png, policy.png, result.json."""
     return _train_dp("value-iteration", config, run)
 
 
 @register("policy-iteration", family="rl-tabular", config=PolicyIterationConfig,
-          description="policy iteration on an env's MDP (S&B 4.3)", evaluate=_evaluate_dp, sample=_sample_tabular)
+          description="policy iteration on an env's MDP (S&B 4.3)", evaluate=_evaluate_dp, sample=_sample_tabular,
+          load=_load_tables, eval_options=TabularEvalOptions, one_shot=True)
 def train_policy_iteration(config, run=None):
     """V* and pi* by policy iteration; writes values.png, policy.png, result.json."""
     return _train_dp("policy-iteration", config, run)
 
 
 # ------------------------------------------------------------------------------------------ bandits
-def _evaluate_bandit(run_dir, episodes: int = 100) -> dict:
+def _evaluate_bandit(run_dir, options: EvalOptions | None = None) -> dict:
+    """Regret of the finished runs, with its 95% interval over runs (nothing random: ``--seed`` is not used)."""
     _, _config, state = _load(run_dir)
     cr = np.asarray(state["cumulative_regret"])                       # [R] final cumulative regret per run
     mean, half = _mean_ci95(cr)
@@ -471,7 +513,8 @@ def _evaluate_bandit(run_dir, episodes: int = 100) -> dict:
             "eval/optimal_action_last10pct": float(state["optimal_last10pct"]), "runs": len(cr)}
 
 
-def _sample_bandit(run_dir, n: int = 64, out=None) -> Path:
+def _sample_bandit(run_dir, n: int = 64, out=None, options: SampleOptions | None = None) -> Path:
+    """The cumulative-regret curves (mean and 95% band over runs); ``n`` and ``--seed`` are not used."""
     _, config, state = _load(run_dir)
     out = Path(out) if out else Path(run_dir) / "samples.png"
     plots.plot_curves_band({config.strategy: np.asarray(state["regret_curves"])}, out, xlabel="step",
@@ -481,7 +524,8 @@ def _sample_bandit(run_dir, n: int = 64, out=None) -> Path:
 
 @register("bandit", family="rl-tabular", config=BanditConfig,
           description="k-armed bandits: epsilon-greedy, UCB, Thompson, gradient (S&B ch. 2); regret curves",
-          evaluate=_evaluate_bandit, sample=_sample_bandit)
+          evaluate=_evaluate_bandit, sample=_sample_bandit, load=_load_tables, one_shot=True,
+          tiny={"total_steps": 60, "num_seeds": 5})
 def train_bandit(config, run=None):
     """Play the strategy on ``num_seeds`` random problems; log regret; write regret.png and result.json."""
     validate(config)
