@@ -36,6 +36,7 @@ _MODULES: list[str] = [
     "mlcanon.generative.autoregressive.fvsbn",
     "mlcanon.generative.autoregressive.nade",
     "mlcanon.generative.vae",
+    "mlcanon.generative.autoregressive.pixelcnn",
 ]
 
 

@@ -139,3 +139,53 @@ def test_sampling_frequencies_match_log_prob(name):
     expected = n * p
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < 30.0, (name, counts.tolist(), expected.tolist())   # chi^2_7 quantile 0.9999 ~ 29.9
+
+
+def _reached(model, shape, i, j):
+    """Input pixels with a nonzero gradient of logit (i, j) (summed over a batch of random inputs)."""
+    model = model.double()
+    torch.manual_seed(1)
+    x = torch.rand(4, *shape, dtype=torch.float64, requires_grad=True)
+    y = torch.zeros(4, dtype=torch.long) if getattr(model, "num_classes", 0) else None
+    model.logits(x, y)[:, 0, i, j].sum().backward()
+    return x.grad.abs().sum((0, 1)) > 0                                  # [H, W]
+
+
+def test_pixelcnn_receptive_field_and_blind_spot():
+    from mlcanon.generative.autoregressive.pixelcnn import PixelCNN
+    shape, (i, j) = (1, 15, 15), (10, 7)
+    for layers in (1, 3):
+        R = 3 + layers                                                   # 7x7 mask A, then 3x3 mask-B layers
+        seen = _reached(PixelCNN(shape, channels=8, layers=layers, first_kernel=7), shape, i, j)
+        rows, cols = torch.nonzero(seen, as_tuple=True)
+        assert rows.min() == i - R and rows.max() == i                   # the receptive field's extent ...
+        assert cols.min() == j - R and cols.max() == j + R
+        assert seen[i].nonzero().flatten().tolist() == list(range(j - R, j))   # ... its own row: the left only
+        assert not seen[i + 1:].any() and not seen[i, j:].any()         # nothing at or after (i, j)
+        # the blind spot: (i-1, j+R) lies inside the box, and pixels above it in its column are seen, yet no
+        # path reaches it (the seen part of row i-r ends at column j+3+r-1: a triangle is missing)
+        assert seen[i - (R - 2), j + R] and not seen[i - 1, j + R]
+
+
+def test_gated_pixelcnn_has_no_blind_spot():
+    from mlcanon.generative.autoregressive.pixelcnn import GatedPixelCNN
+    shape, (i, j) = (1, 15, 15), (10, 7)
+    for num_classes in (0, 3):
+        seen = _reached(GatedPixelCNN(shape, channels=8, layers=2, first_kernel=7, num_classes=num_classes),
+                        shape, i, j)
+        above = seen[:i]
+        rows, cols = torch.nonzero(above, as_tuple=True)
+        box = above[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all()                                                 # every pixel of the cone above: no hole
+        assert above[i - 1, j + 4]                                       # where the plain PixelCNN is blind
+        assert rows.max() == i - 1 and cols.min() <= j - 4 and cols.max() >= j + 4
+        assert seen[i, :j].any() and not seen[i, j:].any() and not seen[i + 1:].any()
+
+
+def test_class_conditional_gated_pixelcnn_depends_on_the_label():
+    from mlcanon.generative.autoregressive.pixelcnn import GatedPixelCNN
+    model = _sharpen(GatedPixelCNN((1, 3, 3), channels=4, layers=2, first_kernel=3, num_classes=3))
+    x = torch.bernoulli(torch.full((2, 1, 3, 3), 0.5, dtype=torch.float64))
+    with torch.no_grad():
+        a, b = model.log_prob(x, torch.tensor([0, 0])), model.log_prob(x, torch.tensor([2, 2]))
+    assert (a - b).abs().min() > 1e-3
