@@ -29,6 +29,7 @@ from mlcanon.supervised.models import MODELS, build_model
 from mlcanon.training import TensorBatches, TrainConfig, Trainer, evaluate_in_batches
 
 AUGMENTATIONS = ("crop", "flip", "rotate")
+LABELLED_IMAGES = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 
 @dataclasses.dataclass
@@ -57,6 +58,13 @@ class ClassifierConfig(TrainConfig):
                            min=1)
 
     def check(self) -> None:
+        if self.dataset not in LABELLED_IMAGES:
+            kind = self.dataset.split(":")[0]
+            why = {"toy2d": "toy2d sets are unlabelled 2-D points", "text": "text sets are token streams",
+                   "binarized-mnist": "binarized-mnist ships without labels"}.get(kind, "it is not a labelled "
+                                                                                     "image set")
+            raise UserError(f"--dataset {self.dataset}: the classifier needs labelled images and {why}; use one of "
+                            f"{', '.join(LABELLED_IMAGES)}")
         if self.model not in MODELS:
             raise UserError(f"--model {self.model!r}: choose one of {', '.join(sorted(MODELS))}")
         bad = [a for a in self.augmentations if a not in AUGMENTATIONS]
