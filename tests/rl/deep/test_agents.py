@@ -1,0 +1,82 @@
+"""Deep agents: learning on a chain MDP, target-update semantics, save/load, spaces, Python interface."""
+
+import numpy as np
+import pytest
+import torch
+from chain import OPTIMAL_RETURN  # registers mlcanon-test/Chain-v0
+
+from mlcanon.errors import UserError
+from mlcanon.rl.agent import Agent
+from mlcanon.rl.dqn import DQN, DQNConfig
+from mlcanon.rl.ppo import PPO, PPOConfig
+
+CHAIN = "mlcanon-test/Chain-v0"
+
+
+def quiet(cls, **kw):
+    return cls(device="cpu", progress=False, eval_every=0, eval_episodes=4, **kw)
+
+
+def test_ppo_learns_the_chain():
+    cfg = quiet(PPOConfig, env=CHAIN, total_steps=1536, num_envs=4, num_steps=32, minibatch_size=64,
+                update_epochs=4, gamma=0.9, lr=3e-3, anneal_clip=False, hidden=(32,))
+    agent = PPO(CHAIN, cfg)
+    agent.learn()
+    assert agent.evaluate(4)["return_mean"] == OPTIMAL_RETURN
+
+
+def test_dqn_learns_the_chain_with_every_option():
+    cfg = quiet(DQNConfig, env=CHAIN, total_steps=800, learning_starts=200, train_every=4, gradient_steps=2,
+                batch_size=32, buffer_size=2000, target_update_every=50, gamma=0.9, lr=1e-3, hidden=(32,),
+                exploration_fraction=0.5, double=True, dueling=True, prioritized=True, n_step=3)
+    agent = DQN(CHAIN, cfg)
+    agent.learn()
+    assert agent.evaluate(4)["return_mean"] == OPTIMAL_RETURN
+
+
+def test_dqn_target_network_semantics():
+    base = {"env": "CartPole-v1", "total_steps": 40, "learning_starts": 0, "batch_size": 8, "hidden": (8,),
+            "gradient_steps": 1}
+    frozen = DQN("CartPole-v1", quiet(DQNConfig, **base, train_every=1, target_update_every=10**6))
+    init = {k: v.clone() for k, v in frozen.q.state_dict().items()}
+    frozen.learn()
+    for k, v in frozen.target.state_dict().items():   # never updated: still the initial weights ...
+        assert torch.equal(v, init[k])
+    assert any(not torch.equal(v, init[k]) for k, v in frozen.q.state_dict().items())   # ... while Q moved
+    # hard copy every step, last training phase at step 35: the target equals Q at the end
+    hard = DQN("CartPole-v1", quiet(DQNConfig, **base, train_every=7, target_update_every=1, tau=1.0))
+    hard.learn()
+    for (k, v), w in zip(hard.q.state_dict().items(), hard.target.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+@pytest.mark.parametrize("cls,cfg_cls,env", [(PPO, PPOConfig, "Pendulum-v1"), (DQN, DQNConfig, "CartPole-v1")])
+def test_save_load_gives_identical_actions(tmp_path, cls, cfg_cls, env):
+    extra = {"normalize_obs": True, "num_steps": 16, "num_envs": 2} if cls is PPO else {"learning_starts": 16}
+    agent = cls(env, quiet(cfg_cls, env=env, total_steps=64, hidden=(8,), **extra))
+    agent.learn()
+    loaded = Agent.load(agent.save(tmp_path / "agent"))
+    assert type(loaded) is cls
+    obs = np.random.default_rng(0).normal(size=(16, *agent.obs_shape)).astype(np.float32)
+    np.testing.assert_array_equal(agent.act(obs, deterministic=True), loaded.act(obs, deterministic=True))
+    torch.manual_seed(3)
+    a = agent.act(obs)
+    torch.manual_seed(3)
+    np.testing.assert_array_equal(a, loaded.act(obs))
+    if cls is PPO:   # observation statistics travel with the agent
+        assert torch.equal(agent.obs_norm.rms.mean, loaded.obs_norm.rms.mean)
+        assert agent.obs_norm.rms.count > 1
+
+
+def test_unsupported_action_space_names_the_space_and_the_agents():
+    with pytest.raises(UserError, match=r"dqn does not support the Box action space.*agents that do: .*ppo"):
+        DQN("Pendulum-v1", quiet(DQNConfig, env="Pendulum-v1"))
+
+
+def test_act_single_observation_and_evaluate_stats():
+    agent = PPO("CartPole-v1", quiet(PPOConfig, hidden=(8,)))
+    a = agent.act(np.zeros(4, dtype=np.float32), deterministic=True)
+    assert a.shape == () and a in (0, 1)
+    ev = agent.evaluate(3, seed=1)
+    assert ev["episodes"] == 3 and len(ev["returns"]) == 3 and ev["return_mean"] == np.mean(ev["returns"])
+    assert ev == agent.evaluate(3, seed=1)
