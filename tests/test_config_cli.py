@@ -115,3 +115,34 @@ def test_numpy_only_algorithms_reject_torch_flags(flag, capsys, tmp_path):
     rc = main(["train", "q-learning", *flag, "--out-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and flag[0] in err and "Traceback" not in err
+
+
+def test_fields_naming_another_run_are_validated_and_hashed(tmp_path):
+    import dataclasses
+    import hashlib
+    import json
+
+    from mlcanon.config import CommonConfig, option, validate
+    from mlcanon.errors import UserError
+    from mlcanon.runs import Run
+
+    @dataclasses.dataclass
+    class C(CommonConfig):
+        frozen: str = option("", "a run folder", ref="run")
+        data: str = option("", "a file", ref="file")
+
+    with pytest.raises(UserError, match="not a run folder"):
+        validate(C(frozen=str(tmp_path)))
+    with pytest.raises(UserError, match="no such file"):
+        validate(C(data=str(tmp_path / "nope.npz")))
+    src = Run.create("src", C(out_dir=str(tmp_path)))
+    with pytest.raises(UserError, match="no checkpoint yet"):
+        validate(C(frozen=str(src.dir)))
+    src.save({"w": 1}, step=1)
+    (tmp_path / "t.npz").write_bytes(b"abc")
+    c = C(frozen=str(src.dir), data=str(tmp_path / "t.npz"), out_dir=str(tmp_path / "o"))
+    validate(c)
+    meta = json.loads((Run.create("dst", c).dir / "config.json").read_text())
+    assert meta["references"]["data"]["sha256"] == hashlib.sha256(b"abc").hexdigest()
+    ck = (src.dir / "checkpoint.safetensors").read_bytes()
+    assert meta["references"]["frozen"]["sha256"] == hashlib.sha256(ck).hexdigest()

@@ -22,9 +22,16 @@ _MISSING = dataclasses.MISSING
 
 
 def option(default: Any = _MISSING, help: str = "", *, choices: tuple | None = None, min: float | None = None,
-           max: float | None = None, default_factory: Any = _MISSING) -> Any:
-    """A config field with its help text (the field's docstring), allowed choices and numeric bounds."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max}
+           max: float | None = None, default_factory: Any = _MISSING, ref: str | None = None) -> Any:
+    """A config field with its help text (the field's docstring), allowed choices and numeric bounds.
+
+    ``ref="run"`` marks a field naming another run folder (a frozen autoencoder, a noisy classifier) and
+    ``ref="file"`` one naming a file (a trajectory file): validated when the config is built, and the sha256 of
+    the file (for a run: its best, else last, checkpoint) is recorded in config.json under "references".
+    """
+    if ref not in (None, "run", "file"):
+        raise ValueError(f"option(ref={ref!r}): use 'run' or 'file'")
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "ref": ref}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -131,6 +138,9 @@ def validate(config) -> None:
             raise UserError(f"{flag} must be >= {lo}; got {value!r}")
         if hi is not None and value > hi:
             raise UserError(f"{flag} must be <= {hi}; got {value!r}")
+    for f in fields(config):
+        if f.metadata.get("ref") and getattr(config, f.name):
+            referenced_file(getattr(config, f.name), f.metadata["ref"], "--" + f.name.replace("_", "-"))
     if not getattr(type(config), "uses_torch", True):   # numpy-only algorithms: torch options cannot apply
         if config.precision != "fp32":
             raise UserError(f"--precision {config.precision}: this algorithm runs in numpy float64; "
@@ -248,3 +258,33 @@ def build_config(algo, args: list[str], config_file: str | None = None):
     """An algorithm's config from defaults, then ``--config FILE``, then flags; validated."""
     return from_flags(algo.config_cls, args, prog=f"mlcanon train {algo.name}", description=algo.description,
                       config_file=config_file)
+
+
+def referenced_file(value: str, ref: str, flag_name: str) -> Path:
+    """The file a ``ref`` field points at (a run's best/last checkpoint, or the file); UserError when absent."""
+    path = Path(value)
+    if ref == "run":
+        if not (path / "config.json").is_file():
+            raise UserError(f"{flag_name} {value}: not a run folder (no config.json); give the folder that "
+                            "`mlcanon train` printed")
+        for name in ("best.safetensors", "checkpoint.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise UserError(f"{flag_name} {value}: that run has no checkpoint yet; finish it with "
+                        f"`mlcanon train --resume {value}`")
+    if not path.is_file():
+        raise UserError(f"{flag_name} {value}: no such file")
+    return path
+
+
+def references(config) -> dict[str, dict]:
+    """{field: {"path": absolute path, "sha256": hex}} for every set ``ref`` field of ``config``."""
+    import hashlib
+
+    out = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("ref") and value:
+            path = referenced_file(value, f.metadata["ref"], flag(f.name))
+            out[f.name] = {"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return out

@@ -317,7 +317,7 @@ class Run:
     # -- creation / resume -------------------------------------------------------------------------
     @classmethod
     def create(cls, algorithm: str, config, *, enabled: bool = True, device: str | None = None) -> Run:
-        from mlcanon.config import to_dict
+        from mlcanon.config import references, to_dict
 
         if not enabled:
             return cls(Path(os.devnull), enabled=False)
@@ -325,6 +325,9 @@ class Run:
         run = cls(d)
         meta = {"algorithm": algorithm, "config": to_dict(config), "seed": config.seed,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **environment_info(device)}
+        refs = references(config)
+        if refs:
+            meta["references"] = refs
         _atomic_write_bytes(d / "config.json", json.dumps(meta, indent=2).encode())
         return run
 
