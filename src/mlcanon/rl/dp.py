@@ -7,8 +7,9 @@ References: Sutton & Barto (2018) ch. 4 ("S&B"), Puterman (1994) ch. 6 ("Puterma
 
 Conventions: a policy is an [S, A] probability array or an int [S] array of actions; ``greedy`` breaks
 ties to the lowest action index. At ``gamma == 1`` (episodic MDPs) iterative methods stop when the
-sup-norm change of V falls below ``tol``; at ``gamma < 1`` value iteration uses the epsilon-optimal rule
-||V_{k+1} - V_k|| < tol (1 - gamma) / (2 gamma) (Puterman thm. 6.3.1), so its greedy policy is tol-optimal.
+sup-norm change of V falls below ``tol``. At ``gamma < 1`` value iteration and ``solve`` stop by the
+MacQueen-Porteus bounds (Puterman sec. 6.6.3): the V returned is within ``tol`` of V* in sup-norm.
+``solve`` is the fastest exact solver here (modified / policy iteration with sparse LU evaluation).
 """
 
 from __future__ import annotations
@@ -192,10 +193,12 @@ def _check_proper(mdp: MDP, P_pi, r_pi: np.ndarray, strict: bool = False) -> Non
 
 @dataclasses.dataclass
 class VITrace:
-    """Result of value iteration with its history: V, greedy policy, per-sweep deltas ||V_{k+1}-V_k||."""
+    """Result of value iteration with its history: V, greedy policy, per-sweep sup-norm changes
+    ||V_{k+1} - V_k||, and ``bound``: the certified max_s |V(s) - V*(s)| (nan at gamma == 1, no bound)."""
     V: np.ndarray
     policy: np.ndarray
     deltas: np.ndarray
+    bound: float = float("nan")
 
     @property
     def n_sweeps(self) -> int:
@@ -203,47 +206,102 @@ class VITrace:
         return int(self.deltas.size)
 
 
+def _rowmax(Q: np.ndarray) -> np.ndarray:
+    """max_a Q[s, a] by A - 1 elementwise maxima over the columns (numpy's axis-1 reduction over a handful of
+    actions is about 10x slower)."""
+    m = Q[:, 0].copy()
+    for a in range(1, Q.shape[1]):
+        np.maximum(m, Q[:, a], out=m)
+    return m
+
+
+def _rowargmax(Q: np.ndarray, m: np.ndarray | None = None) -> np.ndarray:
+    """The lowest a with Q[s, a] == max_a Q[s, a] (np.argmax(Q, 1), column by column: see _rowmax)."""
+    m = _rowmax(Q) if m is None else m
+    pol = np.zeros(Q.shape[0], dtype=np.int64)
+    for a in range(Q.shape[1] - 1, 0, -1):           # descending, so the lowest maximizer is written last
+        pol[Q[:, a] == m] = a
+    pol[Q[:, 0] == m] = 0
+    return pol
+
+
 def _vi_threshold(gamma: float, tol: float) -> float:
     # ||V_{k+1} - V_k|| < eps (1 - gamma) / (2 gamma) => greedy policy eps-optimal (Puterman thm. 6.3.1)
     return tol if gamma == 1.0 else tol * (1.0 - gamma) / (2.0 * gamma) if gamma > 0 else np.inf
+
+
+def _backup(Pm, R: np.ndarray, g: float, term: np.ndarray, V: np.ndarray):
+    """One Bellman optimality backup: (T V [S] with 0 at terminal states, Q [S, A]); V = None means V = 0."""
+    if V is None:
+        Q = np.array(R, dtype=np.float64)             # P 0 = 0: the backup of V = 0 needs no matrix product
+    else:
+        Q = np.asarray(Pm @ V).reshape(R.shape)      # sum_s' P(s'|s,a) V(s')
+        Q *= g
+        Q += R                                       # Q = r + gamma P V  (S&B eq. 4.6)
+    TV = _rowmax(Q)                                  # (T V)(s) = max_a Q(s, a)  (S&B eq. 4.10)
+    TV[term] = 0.0
+    return TV, Q
+
+
+def _porteus(TV: np.ndarray, V: np.ndarray, c: float):
+    """MacQueen-Porteus bounds (Puterman thm. 6.6.3): with D = TV - V and c = gamma / (1 - gamma),
+    TV + c min D <= V* <= TV + c max D, so the midpoint TV + c (max D + min D) / 2 is within c span(D) / 2 of
+    V* in sup-norm. Returns (the sup-norm change max|D|, the bound c span(D) / 2, the midpoint shift)."""
+    D = TV - V
+    lo, hi = float(D.min()), float(D.max())
+    return max(hi, -lo), c * (hi - lo) / 2.0, c * (hi + lo) / 2.0
 
 
 def value_iteration_trace(mdp: MDP, tol: float = 1e-10, max_iter: int = 100_000,
                           V0: np.ndarray | None = None, dtype=np.float64) -> VITrace:
     """Value iteration V_{k+1} = T V_k (S&B eq. 4.10) recording every sweep's sup-norm change.
 
+    Stopping rule, gamma < 1: the MacQueen-Porteus bounds (Puterman sec. 6.6.3, see :func:`_porteus`): stop
+    once gamma / (1 - gamma) * span(V_{k+1} - V_k) / 2 <= tol and return the midpoint of the bounds, so that
+    max_s |V(s) - V*(s)| <= tol is guaranteed; the greedy policy (of the last backup) is 2 tol-optimal
+    (V* - V_pi <= gamma / (1 - gamma) span(V_{k+1} - V_k), Puterman thm. 6.6.6). The span shrinks at least as
+    fast as the sup-norm change, often much faster (gamma times the mixing rate of P), so this never takes
+    more sweeps than the rule ||V_{k+1} - V_k|| < tol (1 - gamma) / (2 gamma) and often far fewer.
+    gamma == 1 (episodic MDPs): stop when ||V_{k+1} - V_k|| < tol; no bound to V* exists in general then.
     ``dtype=np.float32`` halves memory traffic (tol must stay above float32 round-off of |V|).
     """
     _check_tol(tol, max_iter)
-    thr = _vi_threshold(mdp.gamma, tol)
-    S, A = mdp.num_states, mdp.num_actions
+    g = mdp.gamma
+    c = g / (1.0 - g) if g < 1.0 else 0.0           # (no bound at gamma == 1)
     Pm = mdp.P_matrix().astype(dtype) if dtype != np.float64 else mdp.P_matrix()
     R = mdp.R.astype(dtype)
     term = mdp.terminal
-    g = dtype(mdp.gamma)
-    V = np.zeros(S, dtype) if V0 is None else _check_v(mdp, V0).astype(dtype)
-    V[term] = 0
+    V = None if V0 is None else _check_v(mdp, V0).astype(dtype)
+    if V is not None:
+        V[term] = 0
     deltas = []
     for _ in range(max_iter):
-        Q = R + g * np.asarray(Pm @ V).reshape(S, A)                # Q = r + gamma P V
-        V_new = Q.max(1)                                             # V_{k+1} = max_a Q  (S&B eq. 4.10)
-        V_new[term] = 0
-        delta = float(np.abs(V_new - V).max())
+        TV, Q = _backup(Pm, R, dtype(g), term, V)             # V_{k+1} = T V_k
+        delta, bound, shift = _porteus(TV, np.zeros_like(TV) if V is None else V, c)
         deltas.append(delta)
-        V = V_new
-        if delta < thr:
-            V = V.astype(np.float64)
-            return VITrace(V, greedy(q_from_v(mdp, V)), np.array(deltas))
+        if bound <= tol if g < 1.0 else delta < tol:
+            pol = _rowargmax(Q)                               # greedy policy of the last backup
+            pol[term] = 0
+            if g < 1.0:
+                TV = TV.astype(np.float64) + shift            # midpoint of the Porteus bounds
+                TV[term] = 0.0
+            return VITrace(TV.astype(np.float64), pol, np.array(deltas), bound if g < 1.0 else float("nan"))
         if not np.isfinite(delta):
             break
+        V = TV
     raise UserError(f"value_iteration did not converge in max_iter={max_iter} sweeps (last change "
-                    f"{deltas[-1]:.3g}, need < {thr:.3g}); raise max_iter, loosen tol, or use gamma < 1 "
+                    f"{deltas[-1]:.3g}); raise max_iter, loosen tol, or use gamma < 1 "
                     f"(at gamma=1 every state must be able to reach a terminal state)")
 
 
 def value_iteration(mdp: MDP, tol: float = 1e-10, max_iter: int = 100_000,
                     return_trace: bool = False):
-    """(V*, greedy policy) by value iteration (S&B sec. 4.4); ``return_trace=True`` gives a VITrace."""
+    """(V, greedy policy) by value iteration (S&B sec. 4.4); ``return_trace=True`` gives a VITrace.
+
+    Guarantee at gamma < 1: max_s |V(s) - V*(s)| <= tol (MacQueen-Porteus bounds, see
+    :func:`value_iteration_trace`) and the policy is 2 tol-optimal. At gamma == 1 it stops when the largest
+    value change of a sweep is below tol. For the fastest solver of a problem use :func:`solve`.
+    """
     tr = value_iteration_trace(mdp, tol=tol, max_iter=max_iter)
     return tr if return_trace else (tr.V, tr.policy)
 
@@ -374,13 +432,169 @@ def value_iteration_bounds(mdp: MDP, tol: float = 1e-6, max_iter: int = 100_000,
                     f"max_iter or loosen tol")
 
 
-def solve(mdp: MDP, tol: float = 1e-6):
-    """The fastest solver here to a sup-norm accuracy tol: value iteration with Porteus bounds when
-    gamma < 1 (see value_iteration_bounds), plain value iteration at gamma == 1. Returns (V, policy)."""
-    if mdp.gamma < 1.0:
-        V, pi, _ = value_iteration_bounds(mdp, tol=tol)
-        return V, pi
-    return value_iteration(mdp, tol=tol)
+# --- the solver users call ---------------------------------------------------------------------------
+
+_DIRECT_DENSE_MAX_S = 4096      # dense LU (S^3 / 3 flops) beyond this: keep iterating instead
+_SMALL_DENSE_S = 256            # below this a dense solve is cheaper than a few sweeps: evaluate exactly at once
+_VI_FINISH = 50                 # value iteration goes on while its bound projects at most this many sweeps
+_EVAL_SWEEPS = 20               # partial evaluation sweeps per iteration of modified policy iteration
+
+
+def _policy_rows(Pm, R: np.ndarray, pol: np.ndarray, term: np.ndarray, sparse: bool):
+    """(P_pi [S, S], r_pi [S]) of a deterministic policy: rows (s, pi(s)) of P, terminal rows zeroed."""
+    S, A = R.shape
+    idx = np.arange(S)
+    P_pi = Pm[idx * A + pol]                                       # P_pi(s, s') = P(s' | s, pi(s))
+    r_pi = R[idx, pol]                                             # r_pi(s) = R(s, pi(s))
+    if term.any():
+        r_pi[term] = 0.0
+        if sparse:
+            P_pi.data[np.repeat(term, np.diff(P_pi.indptr))] = 0.0    # V(terminal) = 0: no successors
+        else:
+            P_pi[term] = 0.0
+    return P_pi, r_pi
+
+
+def _exact_evaluation(P_pi, r_pi: np.ndarray, g: float, sparse: bool) -> np.ndarray:
+    """V_pi = (I - gamma P_pi)^{-1} r_pi (Puterman eq. 6.4.2): sparse LU (SuperLU) or dense LU.
+
+    I - gamma P_pi is strictly diagonally dominant for gamma < 1, so it is factored with diagonal pivots and a
+    symmetric fill-reducing ordering (minimum degree on the pattern of A + A^T)."""
+    S = r_pi.size
+    if sparse:
+        import scipy.sparse as sp
+        import scipy.sparse.linalg as spla
+        M = (sp.identity(S, format="csr") - g * P_pi).tocsc()
+        lu = spla.splu(M, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+        V = lu.solve(r_pi)
+        return V + lu.solve(r_pi - M @ V)                          # one step of iterative refinement
+    M = P_pi * -g
+    M[np.diag_indices(S)] += 1.0                                   # I - gamma P_pi
+    return np.linalg.solve(M, r_pi)
+
+
+def _partial_evaluation(P_pi, r_pi: np.ndarray, g: float, term: np.ndarray, W: np.ndarray, target: float,
+                        max_sweeps: int):
+    """Iterate W <- T_pi W = r_pi + gamma P_pi W (the partial evaluation of Puterman sec. 6.5) until the midpoint
+    of the Porteus bounds on V_pi (thm. 6.6.3 applied to T_pi) is within ``target`` of V_pi, at most
+    ``max_sweeps`` sweeps. Returns (W, sweeps, converged)."""
+    c = g / (1.0 - g)
+    for j in range(1, max_sweeps + 1):
+        TW = P_pi @ W
+        TW *= g
+        TW += r_pi
+        TW[term] = 0.0
+        if j <= 4 or j % 4 == 0 or j == max_sweeps:              # (the bound costs a third of a sweep)
+            _, bound, shift = _porteus(TW, W, c)
+            if bound <= target:
+                W = TW
+                break
+        W = TW
+    if bound > target:
+        return W, j, False               # plain T_pi^j V, as MPI; the midpoint is only as good as its bound,
+    W = W + shift                        # which is loose while the chain mixes slowly (absorbing chains)
+    W[term] = 0.0                        # converged: the midpoint of the bounds on V_pi
+    return W, j, True
+
+
+def solve(mdp: MDP, tol: float = 1e-6, max_iter: int = 10_000, stats: dict | None = None):
+    """(V, policy) with max_s |V(s) - V*(s)| <= tol certified, by the fastest exact method here for the problem.
+
+    gamma < 1: modified policy iteration (Puterman sec. 6.5) whose evaluation step adapts to the problem:
+    iteration n takes the greedy policy pi_n of the last backup Q_n = r + gamma P V_n and evaluates it
+      - by partial evaluation sweeps V <- r_pi + gamma P_pi V (each A times cheaper than a backup: P_pi is one
+        row of P per state), moved to the midpoint of the Porteus bounds after each sweep, while they contract
+        fast (random, well-mixing MDPs: a handful of sweeps);
+      - exactly, V_pi = (I - gamma P_pi)^{-1} r_pi by a sparse or dense LU solve (policy iteration, Puterman
+        sec. 6.4, eq. 6.4.2), once they contract slowly (mazes, gamma near 1) or for tiny MDPs.
+    Every iteration ends with one Bellman optimality backup T V_n and stops by the MacQueen-Porteus bounds
+    (Puterman thm. 6.6.3): TV + c min(TV - V) <= V* <= TV + c max(TV - V) with c = gamma / (1 - gamma); once
+    c span(TV - V) / 2 <= tol the midpoint is returned, within tol of V* whatever the evaluation's round-off;
+    the policy (greedy in that backup) is 2 tol-optimal (thm. 6.6.6). Policy iteration ends in finitely many
+    iterations (Puterman thm. 6.4.2), modified policy iteration converges for any evaluation depth (thm. 6.5.5).
+
+    gamma == 1 (episodic MDPs): value iteration (sup-norm stop) for a proper policy, then that policy is
+    evaluated exactly and kept when greedy in its own values (TV_pi = V_pi: V_pi = V*); otherwise the value
+    iteration answer is returned. ``stats`` (a dict) receives the counts of backups, sweeps and solves.
+    """
+    _check_tol(tol, max_iter)
+    st = {"backups": 0, "eval_sweeps": 0, "solves": 0, "iterations": 0}
+    if mdp.gamma == 1.0:
+        out = _solve_episodic(mdp, tol, st)
+    else:
+        out = _solve_discounted(mdp, tol, max_iter, st)
+    if stats is not None:
+        stats.update(st)
+    return out
+
+
+def _solve_discounted(mdp: MDP, tol: float, max_iter: int, st: dict):
+    S = mdp.num_states
+    Pm, R, g, term, sparse = mdp.P_matrix(), mdp.R, float(mdp.gamma), mdp.terminal, mdp.is_sparse
+    c = g / (1.0 - g)
+    # the evaluation accuracy at which the next backup can certify: if pi is optimal and |V - V_pi| <= e,
+    # span(TV - V) <= 2 (1 + gamma) e, so c (1 + gamma) e <= tol / 2 leaves half the budget to round-off
+    target = tol / (2.0 * c * (1.0 + g)) if g > 0 else tol
+    exact = not sparse and S <= _SMALL_DENSE_S                    # tiny: policy iteration from the start
+    can_exact = sparse or S <= _DIRECT_DENSE_MAX_S
+    vi = not exact                                                # value iteration while it is about to finish
+    V = np.zeros(S)
+    prev_bound, prev_pol = None, None
+    TV, Q = _backup(Pm, R, g, term, None)                         # T 0 = max_a R: no matrix product
+    for it in range(1, max_iter + 1):
+        st["iterations"] = it
+        _, bound, shift = _porteus(TV, V, c)
+        if bound <= tol:                                          # V* within `bound` of the midpoint
+            V_hat = TV + shift
+            V_hat[term] = 0.0
+            pol = _rowargmax(Q)                                   # greedy in the last backup
+            pol[term] = 0
+            return V_hat, pol
+        if vi and prev_bound is not None:
+            rate = bound / prev_bound                             # the span contracts geometrically
+            vi = rate < 1.0 and np.log(tol / bound) / np.log(rate) <= _VI_FINISH
+        pol = None
+        if vi:
+            V = TV                                                # value iteration V_{n+1} = T V_n
+        else:
+            pol = _rowargmax(Q)                                   # pi_n greedy in Q_n  (Puterman eq. 6.5.1)
+            stable = prev_pol is not None and np.array_equal(pol, prev_pol)
+            if exact and stable and bound > 0.5 * prev_bound:
+                raise UserError(f"solve: tol={tol} is below the round-off of the exact evaluation (the bound "
+                                f"stays at {bound:.3g} for |V| ~ {np.abs(TV).max():.3g}); use a larger tol")
+            P_pi, r_pi = _policy_rows(Pm, R, pol, term, sparse)
+            if not exact:                                         # partial evaluation from T V_n (eq. 6.5.2)
+                V, n, done = _partial_evaluation(P_pi, r_pi, g, term, TV, target, _EVAL_SWEEPS)
+                st["eval_sweeps"] += n
+                # the policy held and its evaluation mixes slowly: evaluate it exactly (policy iteration)
+                exact = not done and stable and can_exact
+            if exact:
+                V = _exact_evaluation(P_pi, r_pi, g, sparse)      # V_pi = (I - gamma P_pi)^{-1} r_pi
+                st["solves"] += 1
+        prev_bound, prev_pol = bound, pol
+        TV, Q = _backup(Pm, R, g, term, V)                        # T V_n and the next greedy policy
+        st["backups"] += 1
+    raise UserError(f"solve did not certify tol={tol} in max_iter={max_iter} iterations; raise max_iter or "
+                    f"loosen tol (round-off of |V| ~ {np.abs(TV).max():.3g} may exceed it)")
+
+
+def _solve_episodic(mdp: MDP, tol: float, st: dict):
+    """gamma == 1: value iteration, then the exact value of its greedy policy when that policy is proper."""
+    tr = value_iteration_trace(mdp, tol=tol)
+    st["backups"] += tr.n_sweeps
+    pol = tr.policy
+    pi = policy_matrix(mdp, pol)
+    P_pi, r_pi = _policy_model(mdp, pi)
+    try:
+        _check_proper(mdp, P_pi, r_pi, strict=True)
+    except UserError:
+        return tr.V, pol                                          # improper greedy policy: keep VI's answer
+    V = _linear_solve(mdp, P_pi, r_pi)                            # V_pi on the live states (S&B eq. 4.4)
+    st["solves"] += 1
+    Q = q_from_v(mdp, V)
+    if np.abs(Q.max(1) - V).max() <= tol and np.all(Q[np.arange(mdp.num_states), pol] >= Q.max(1) - tol):
+        return V, pol                                             # T V_pi = V_pi: V_pi is V*
+    return tr.V, pol
 
 
 def policy_value_gap(mdp: MDP, policy, V_star: np.ndarray) -> float:
