@@ -23,7 +23,7 @@ import numpy as np
 
 AGENT, ENV, PROBLEM = 0, 1, 2          # stream ids: the learner's draws, a real env's seeds, a random problem
 
-_BUFFER_DOUBLES = 1 << 22              # ~32 MB of buffered uniforms, whatever the number of seeds
+_BUFFER_DOUBLES = 1 << 20              # ~8 MB of buffered uniforms at most (the buffer is rewritten in place)
 
 
 def seed_sequence(seed: int, stream: int = AGENT) -> np.random.SeedSequence:
@@ -56,9 +56,10 @@ class SeedStreams:
         self.stream = int(stream)
         N = len(self.seeds)
         self.N = N
-        self.B = int(block) if block is not None else int(min(4096, max(256, _BUFFER_DOUBLES // max(N, 1))))
+        self.B = int(block) if block is not None else int(min(1024, max(256, _BUFFER_DOUBLES // max(N, 1))))
         self.gens = [generator(int(s), stream) for s in self.seeds]
         self.buf = np.empty((N, self.B))
+        self._spare = np.empty((N, self.B))         # refills alternate between two buffers (no new pages)
         for i, g in enumerate(self.gens):
             g.random(out=self.buf[i])
         self.base = np.zeros(N, dtype=np.int64)     # stream position of buf[:, 0]
@@ -67,7 +68,9 @@ class SeedStreams:
 
     # -- reading -----------------------------------------------------------------------------------
     def draw(self, k: int, idx: np.ndarray | None = None) -> np.ndarray:
-        """The next ``k`` uniforms of each seed (``idx``: only those seeds) -> ``[N or len(idx), k]``."""
+        """The next ``k`` uniforms of each seed (``idx``: only those seeds) -> ``[N or len(idx), k]``.
+
+        For all seeds the result may be a view of the buffer: use it before drawing again."""
         if k > self.B:
             raise ValueError(f"cannot draw {k} uniforms at once from blocks of {self.B}")
         if idx is None and self.cur is None:        # aligned: one slice for all seeds
@@ -76,7 +79,7 @@ class SeedStreams:
             u = self.buf[:, self.c0:self.c0 + k]
             self.c0 += k
             return u
-        if self.cur is None:                        # leave the aligned mode; views handed out keep the old buffer
+        if self.cur is None:                        # leave the aligned mode; the last view handed out keeps its data
             self.cur = np.full(self.N, self.c0, dtype=np.int64)
             self.buf = self.buf.copy()
         idx = np.arange(self.N) if idx is None else np.asarray(idx, dtype=np.int64)
@@ -94,13 +97,14 @@ class SeedStreams:
         return np.sqrt(-2.0 * np.log1p(-u[:, :k])) * np.cos(2.0 * math.pi * u[:, k:])
 
     def _refill_aligned(self) -> None:
-        """Keep the unread tail, fill the rest of every row from its generator (a new array: views stay valid)."""
+        """Keep the unread tail, fill the rest of every row from its generator (into the spare buffer, so the
+        view handed out by the last draw stays valid)."""
         c, B = self.c0, self.B
-        new = np.empty_like(self.buf)
+        new = self._spare
         new[:, :B - c] = self.buf[:, c:]
         for i, g in enumerate(self.gens):
             g.random(out=new[i, B - c:])
-        self.buf = new
+        self._spare, self.buf = self.buf, new
         self.base += c
         self.c0 = 0
 

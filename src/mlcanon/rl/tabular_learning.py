@@ -53,10 +53,12 @@ class MDPSim:
         self.S, self.A = mdp.R.shape
         self.R = np.asarray(mdp.R, dtype=np.float64)
         self.terminal = np.asarray(mdp.terminal, dtype=bool)
-        self.nxt, self.cum = mdp.sampling_tables()           # successors [S, A, K] and their cumsums
-        K = self.nxt.shape[-1]
+        nxt, cum = mdp.sampling_tables()                      # successors [S, A, K] and their cumsums
+        K = nxt.shape[-1]
         self.K = K
-        self.next = self.nxt[..., 0] if K == 1 else None      # deterministic MDP: s' = next[s, a]
+        self.nxt, self.cum = nxt.reshape(-1, K), cum.reshape(-1, K)   # rows s * A + a
+        self.next = self.nxt[:, 0] if K == 1 else None        # deterministic MDP: s' = next[s * A + a]
+        self.R_sa = self.R.reshape(-1)
         start = np.cumsum(mdp.start)
         start[-1] = 1.0                                       # exact top: u in [0, 1) always lands in a state
         self.start_cum = start
@@ -70,12 +72,13 @@ class MDPSim:
         """(s', r, terminated, env_truncated=None) per seed: s' ~ P[s, a] by inverse CDF of u, r = R[s, a].
 
         ``idx``: the seeds that the rows belong to (None: all); the model is the same for every seed."""
+        sa = s * self.A + a
         if self.next is not None:
-            s2 = self.next[s, a]
+            s2 = self.next[sa]
         else:
-            k = np.minimum((u[:, None] >= self.cum[s, a]).sum(-1), self.K - 1)  # first k with u < F_k
-            s2 = self.nxt[s, a, k]
-        return s2, self.R[s, a], self.terminal[s2], None
+            k = np.minimum((u[:, None] >= self.cum[sa]).sum(-1), self.K - 1)  # first k with u < F_k
+            s2 = self.nxt[sa, k]
+        return s2, self.R_sa[sa], self.terminal[s2], None
 
 
 class GymSim:
@@ -228,6 +231,7 @@ class Learner:
             self.policy = policy
         schedule = schedule if schedule is not None else ex.ConstantSchedule(0.1)
         self.eps_table = np.zeros(self.E) if self.prediction else np.asarray(schedule(np.arange(self.E)), float)
+        self._eps_of_ep = np.append(self.eps_table, self.eps_table[-1])   # indexed by ep in [0, E]
         # the learner's state (everything that a checkpoint must hold)
         self.Q = np.full((self.N, S, A), float(q_init))
         self.V = np.zeros((self.N, S))
@@ -243,22 +247,23 @@ class Learner:
 
     # -- shared pieces -----------------------------------------------------------------------------
     def _eps(self, ep):
-        return self.eps_table[np.minimum(ep, self.E - 1)]
+        """Epsilon of each seed's current episode (finished seeds keep the last one)."""
+        return self._eps_of_ep[ep]
 
-    def _act(self, s, ep, u, idx=None):
+    def _act(self, s, eps, u, idx=None):
         """Behaviour action for seeds ``idx`` (default all) in states ``s`` from their uniforms ``u`` [., A + 2]:
         epsilon-greedy on Q (control) or a ~ pi(.|s) by inverse CDF (prediction)."""
         if self.prediction:
             return ex.sample_categorical(self.policy[s], u[:, 0])
         rows = (self.row0 if idx is None else self.row0[idx]) + s
-        return ex.epsilon_greedy(self.Q.reshape(-1, self.A)[rows], self._eps(ep), u)
+        return ex.epsilon_greedy(self.Q.reshape(-1, self.A)[rows], eps, u)
 
     def _init_episode_state(self):
         N, A = self.N, self.A
         u = self.rng.draw(A + 4)                              # start state, exploring start, first action
         self.s = self.sim.reset(self.ar, u[:, 0])
         if self.method in ("sarsa", "nstep-sarsa", "nstep-td"):
-            self.a = self._act(self.s, self.ep, u[:, 2:])
+            self.a = self._act(self.s, self._eps(self.ep), u[:, 2:])
         if self.method in ("nstep-sarsa", "nstep-td"):
             L = self.n + 1                                    # circular buffers of the last n+1 steps
             self.bS = np.zeros((N, L), dtype=np.int64)
@@ -300,12 +305,16 @@ class Learner:
         live = ep < self.E                                    # seeds still learning
         u = self.rng.draw(self.W)                             # [N, W]: every seed's own next W uniforms
         ua, u_env, u_reset = u[:, :A + 2], u[:, A + 2], u[:, A + 3]
-        a = self.a if m == "sarsa" else self._act(s, ep, ua)
+        eps = self._eps(ep)
+        a = self.a if m == "sarsa" else self._act(s, eps, ua)
         s2, r, term, etrunc = self.sim.step(s, a, u_env)
         self.steps += int(np.count_nonzero(live))
         self.t += live
         self.G += r * live
-        ended = live & (term | (self.t >= self.max_episode_steps) | (etrunc if etrunc is not None else False))
+        ended = term | (self.t >= self.max_episode_steps)
+        if etrunc is not None:
+            ended |= etrunc
+        ended &= live
         not_term = ~term
         if m == "td0":
             target = r + g * self.V[ar, s2] * not_term       # TD target r + gamma*V(s')      (S&B eq. 6.2)
@@ -316,10 +325,10 @@ class Learner:
             if m == "q-learning":
                 boot = q2.max(-1)                             # max_a' Q(s', a')
             elif m == "expected-sarsa":
-                boot = (ex.epsilon_greedy_probs(q2, self._eps(ep)) * q2).sum(-1)  # sum_a' pi(a'|s') Q(s', a')
+                boot = (ex.epsilon_greedy_probs(q2, eps) * q2).sum(-1)  # sum_a' pi(a'|s') Q(s', a')
             else:                                             # sarsa: A' ~ eps-greedy(Q(S', .)), chosen first
-                a2 = ex.epsilon_greedy(q2, self._eps(ep), ua)
-                boot = np.where(ended, (ex.epsilon_greedy_probs(q2, self._eps(ep)) * q2).sum(-1),
+                a2 = ex.epsilon_greedy(q2, eps, ua)
+                boot = np.where(ended, (ex.epsilon_greedy_probs(q2, eps) * q2).sum(-1),
                                 q2[ar, a2])                   # Q(S', A'); at a time limit its expectation
             target = r + g * boot * not_term                  # terminal: no bootstrap; truncation: bootstrap
             sa = (self.row0 + s) * A + a                      # flat index of (n, s, a)
@@ -337,7 +346,7 @@ class Learner:
         if m == "sarsa":
             if ended.any():                                   # A_0 of the new episode; the A' drawn from these
                 a2 = a2.copy()                                # uniforms above was never used (ended: no Q(S', A'))
-                a2[idx] = self._act(s_next[idx], self.ep[idx], ua[idx], idx)
+                a2[idx] = self._act(s_next[idx], self._eps(self.ep[idx]), ua[idx], idx)
             self.a = a2
 
     # -- one iteration of n-step TD / n-step SARSA (S&B sec. 7.1-7.2) --------------------------------
@@ -351,7 +360,7 @@ class Learner:
         cur = t % L
         s, a = self.bS[ar, cur], self.bA[ar, cur]
         s2, r, term, etrunc = self.sim.step(s, a, u_env)
-        a2 = self._act(s2, self.ep, ua2)                      # A_{t+1} ~ pi(.|S_{t+1}) (used unless S_{t+1} terminal)
+        a2 = self._act(s2, self._eps(self.ep), ua2)           # A_{t+1} ~ pi(.|S_{t+1}) (used unless S_{t+1} terminal)
         nxt = (t + 1) % L
         stepping_idx = np.flatnonzero(stepping)
         self.bR[stepping_idx, nxt[stepping_idx]] = r[stepping_idx]
@@ -388,7 +397,7 @@ class Learner:
             self.t[idx] = self.T[idx]                         # episode length for the record
             self._finish(idx)
             s0 = self.sim.reset(idx, u_reset[idx])
-            a0 = self._act(s0, self.ep[idx], ua0[idx], idx)
+            a0 = self._act(s0, self._eps(self.ep[idx]), ua0[idx], idx)
             self.bS[idx, 0], self.bA[idx, 0] = s0, a0
             self.T[idx] = np.iinfo(np.int64).max
             self.trunc[idx] = False
