@@ -37,6 +37,8 @@ _MODULES: list[str] = [
     "mlcanon.generative.autoregressive.nade",
     "mlcanon.generative.vae",
     "mlcanon.generative.autoregressive.pixelcnn",
+    "mlcanon.generative.autoregressive.lstm_lm",
+    "mlcanon.generative.autoregressive.gpt",
 ]
 
 

@@ -1,0 +1,129 @@
+"""Language models: causality by gradient, KV-cache / carried-state sampling equals full recomputation,
+sampling filters (temperature, top-k, top-p) against their definitions, normalization of log_prob."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from mlcanon.generative.autoregressive.gpt import GPT
+from mlcanon.generative.autoregressive.language import filter_logits, generate, recompute
+from mlcanon.generative.autoregressive.lstm_lm import LSTMLM
+from mlcanon.training import generator
+
+V = 11
+
+
+def _gpt(positions="learned", context=12):
+    torch.manual_seed(0)
+    return GPT(V, context=context, layers=2, heads=2, width=16, positions=positions).double().eval()
+
+
+MODELS = {"gpt-learned": lambda: _gpt("learned"), "gpt-rotary": lambda: _gpt("rotary"),
+          "lstm": lambda: LSTMLM(V, width=12, layers=2).double().eval()}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_causal_by_gradient(name):
+    """d logits_t / d e_s = 0 for s > t (through the input embeddings), and != 0 for s <= t."""
+    model = MODELS[name]()
+    T = 8
+    x = torch.randint(V, (3, T))
+    emb = model.wte if hasattr(model, "wte") else model.embed
+    e = emb(x).detach().requires_grad_(True)
+    handle = emb.register_forward_hook(lambda m, i, o: e)
+    try:
+        logits, _ = model(x)
+        for t in range(T):
+            e.grad = None
+            logits[:, t].sum().backward(retain_graph=True)
+            g = e.grad.abs().sum((0, 2))
+            assert torch.all(g[t + 1:] == 0), (name, t, g)
+            assert torch.all(g[:t + 1] > 0), (name, t, g)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_cached_sampling_equals_full_recompute(name):
+    model = MODELS[name]()
+    prompt = torch.randint(V, (2, 3))
+    # past the GPT context (12): the window slides and the cache is rebuilt
+    a = generate(model, prompt, 15, generator=generator(5), use_cache=True)
+    b = generate(model, prompt, 15, generator=generator(5), use_cache=False)
+    assert torch.equal(a, b)
+    # and the logits themselves: one token at a time through the cache vs the whole prefix at once
+    x = torch.randint(V, (2, 10))
+    logits, state = model.step(x[:, :4], None)
+    for t in range(4, 10):
+        logits, state = model.step(x[:, t:t + 1], state)
+        full = recompute(model, x[:, :t + 1])[:, -1]
+        assert torch.allclose(logits[:, -1], full, atol=1e-10), (name, t)
+
+
+def test_gpt_rotary_attention_depends_on_offsets_only():
+    """RoPE: shifting every position by the same amount leaves q.k unchanged."""
+    from mlcanon.nn.attention import RotaryEmbedding
+    rope = RotaryEmbedding(8).double()
+    q, k = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
+    pos = torch.arange(5)
+    s0 = rope(q, pos) @ rope(k, pos).T
+    s1 = rope(q, pos + 7) @ rope(k, pos + 7).T
+    assert torch.allclose(s0, s1, atol=1e-12)
+
+
+def test_gpt_weight_tying():
+    torch.manual_seed(0)
+    model = GPT(V, context=8, layers=1, heads=2, width=8)
+    x = torch.randint(V, (2, 5))
+    logits, _ = model(x)
+    with torch.no_grad():
+        model.wte.weight[3] += 1.0               # the output weight of token 3 is its embedding
+    logits2, _ = model(x)
+    assert not torch.allclose(logits2[..., 3], logits[..., 3])
+    assert "head.weight" not in model.state_dict()
+    untied = GPT(V, context=8, layers=1, heads=2, width=8, tie_weights=False)
+    assert untied.state_dict()["head.weight"].shape == (V, 8)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_log_prob_normalizes_over_all_continuations(name):
+    """sum over all V^2 continuations (x_2, x_3) of p(x_2, x_3 | x_1) = 1."""
+    model = MODELS[name]()
+    first = 4
+    seqs = torch.tensor([(first, a, b) for a, b in itertools.product(range(V), repeat=2)])
+    with torch.no_grad():
+        lp = model.log_prob(seqs)
+    assert abs(float(torch.logsumexp(lp, 0))) < 1e-10
+
+
+def test_filter_logits_temperature_top_k_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]], dtype=torch.float64))
+    p = filter_logits(logits, 1.0).exp()
+    assert torch.allclose(p, logits.exp())
+    p2 = filter_logits(logits, 0.5).exp()                                    # p^(1/tau), renormalized
+    q = logits.exp() ** 2
+    assert torch.allclose(p2, q / q.sum())
+    pk = filter_logits(logits, top_k=2).exp()
+    assert torch.allclose(pk, torch.tensor([[5 / 7, 2 / 7, 0, 0, 0]], dtype=torch.float64))
+    pp = filter_logits(logits, top_p=0.8).exp()                              # 0.5 + 0.2 < 0.8 <= 0.85
+    assert torch.allclose(pp, torch.tensor([[0.5, 0.2, 0.15, 0, 0]], dtype=torch.float64) / 0.85)
+    pp = filter_logits(logits, top_p=0.7).exp()                              # exactly reached by two tokens
+    assert (pp > 0).sum() in (2, 3) and math.isclose(float(pp.sum()), 1.0)
+
+
+def test_sampling_frequencies_follow_the_filtered_distribution():
+    model = _gpt()
+    prompt = torch.full((20000, 1), 3)
+    x = generate(model, prompt, 1, temperature=0.7, top_k=5, generator=generator(2))
+    with torch.no_grad():
+        p = filter_logits(model(prompt[:1])[0][:, -1], 0.7, 5).exp()[0]
+    counts = torch.bincount(x[:, 1], minlength=V).double()
+    keep = p > 0
+    assert counts[~keep].sum() == 0                                          # never outside the top k
+    expected = 20000 * p[keep]
+    chi2 = float(((counts[keep] - expected) ** 2 / expected).sum())
+    assert chi2 < 25.0                                                        # chi^2_4, quantile 0.99995
