@@ -39,6 +39,9 @@ _MODULES: list[str] = [
     "mlcanon.generative.autoregressive.pixelcnn",
     "mlcanon.generative.autoregressive.lstm_lm",
     "mlcanon.generative.autoregressive.gpt",
+    "mlcanon.generative.gan",
+    "mlcanon.generative.gan_variants",
+    "mlcanon.adversarial",
 ]
 
 
