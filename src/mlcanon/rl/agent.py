@@ -154,13 +154,13 @@ class Agent:
 
     # -- loop helpers shared by every learn() --------------------------------------------------------------
     def start(self, run: Run | None, state: TrainState, total: int, desc: str) -> tuple[Run, Loop]:
-        """Restore ``state`` on resume (else reset the vector env ``state["env"]``), and open the Loop."""
+        """Restore ``state`` on resume (else reset the vector env ``state["env"]`` if any), and open the Loop."""
         if run is None:                                  # learn() from Python without a run folder
             run = Run(Path("."), enabled=False)
             run.device = self.device
         state.counters.setdefault("best_eval", None)
         state.counters.setdefault("solved_step", None)
-        if not state.restore(run):
+        if not state.restore(run) and "env" in state:
             state["env"].reset()
         self.run, self.state = run, state
         loop = Loop(run, state, total=total, log_every=self.config.log_every,
@@ -278,7 +278,7 @@ def rollouts(agent: Agent, episodes: int, seed: int, epsilon: float = 0.0, deter
     trajs: list[dict] = []
     returns, lengths = evaluate_episodes(pol, agent.env_id, episodes, seed, agent.config.max_episode_steps or None,
                                          record=trajs)
-    cat = {k: np.concatenate([t[k] for t in trajs]) for k in trajs[0]}
+    cat = {k: np.concatenate([t[k] for t in trajs]) for k in trajs[0] if k != "final_obs"}
     cat["episode"] = np.concatenate([np.full(len(t["rewards"]), j) for j, t in enumerate(trajs)])
     return {**cat, "returns": returns, "lengths": lengths}
 

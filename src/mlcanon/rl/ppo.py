@@ -159,7 +159,7 @@ class PPO(Agent):
                     break
             y, v = b["returns"], b["values"]
             var_y = y.var()
-            explained = float(1 - (y - v).var() / var_y) if var_y > 0 else float("nan")   # 1 - Var[y-V]/Var[y]
+            explained = float(1 - (y - v).var() / var_y) if var_y > 0 else None   # 1 - Var[y-V]/Var[y]
             metrics = {f"train/{k}": float(s) / n_updates for k, s in sums.items()}
             metrics.update({"train/lr": lr, "train/clip_range": clip, "train/explained_variance": explained,
                             **episode_metrics(ep_stats)})

@@ -177,7 +177,8 @@ def evaluate_episodes(policy, env_id: str, episodes: int, seed: int, max_episode
     run on up to ``batch`` envs at once; episode j is seeded by (seed, j), so the result repeats exactly.
 
     With a list ``record``, one dict per episode (in episode order) of its ``obs``, ``actions``, ``rewards``,
-    ``terminated`` and ``truncated`` arrays is appended to it.
+    ``terminated`` and ``truncated`` arrays (one row per step) and ``final_obs`` (the observation after the last
+    step) is appended to it.
     """
     kw = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
     returns = np.zeros(episodes, dtype=np.float64)
@@ -207,8 +208,8 @@ def evaluate_episodes(policy, env_id: str, episodes: int, seed: int, max_episode
                     still.append(k)
             alive = still
         if record is not None:
-            record.extend({k: np.asarray(v, dtype=np.float32 if k in ("obs", "rewards") else None)
-                           for k, v in log.items()} for log in logs)
+            record.extend({**{k: np.asarray(v, dtype=np.float32 if k in ("obs", "rewards") else None)
+                              for k, v in log.items()}, "final_obs": obs[k]} for k, log in enumerate(logs))
     for env in envs:
         env.close()
     return returns, lengths

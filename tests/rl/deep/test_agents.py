@@ -6,9 +6,12 @@ import torch
 from chain import OPTIMAL_RETURN  # registers mlcanon-test/Chain-v0
 
 from mlcanon.errors import UserError
+from mlcanon.rl.a2c import A2C, A2CConfig
+from mlcanon.rl.actor_critic import ActorCriticAgent, ActorCriticConfig
 from mlcanon.rl.agent import Agent
 from mlcanon.rl.dqn import DQN, DQNConfig
 from mlcanon.rl.ppo import PPO, PPOConfig
+from mlcanon.rl.reinforce import Reinforce, ReinforceConfig, policy_gradient_loss
 
 CHAIN = "mlcanon-test/Chain-v0"
 
@@ -80,3 +83,40 @@ def test_act_single_observation_and_evaluate_stats():
     ev = agent.evaluate(3, seed=1)
     assert ev["episodes"] == 3 and len(ev["returns"]) == 3 and ev["return_mean"] == np.mean(ev["returns"])
     assert ev == agent.evaluate(3, seed=1)
+
+
+def test_policy_gradient_estimator_mean_matches_the_analytic_gradient_on_a_bandit():
+    # J(theta) = sum_a softmax(theta)_a r_a;  dJ/dtheta_b = p_b (r_b - p.r)
+    theta = torch.tensor([0.3, -0.2, 0.5], requires_grad=True)
+    r = torch.tensor([1.0, 0.0, 2.0])
+    p = torch.softmax(theta.detach(), 0)
+    analytic = p * (r - (p * r).sum())
+    M = 20_000
+    torch.manual_seed(0)
+    dist = torch.distributions.Categorical(logits=theta)
+    a = dist.sample((M,))
+    logp = dist.log_prob(a)
+    (-policy_gradient_loss(logp, r[a])).backward()          # -loss: the estimate of grad J
+    # per-sample score-function terms grad log pi(a) r_a = (onehot(a) - p) r_a: their spread gives the error bar
+    per = (torch.nn.functional.one_hot(a, 3).float() - p) * r[a, None]
+    se = per.std(0) / M**0.5
+    assert torch.all((theta.grad - analytic).abs() < 5 * se), (theta.grad, analytic, se)
+    torch.testing.assert_close(theta.grad, per.mean(0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls,cfg_cls,extra", [
+    (A2C, A2CConfig, {"num_envs": 4, "num_steps": 8, "lr": 3e-3, "total_steps": 3000}),
+    (ActorCriticAgent, ActorCriticConfig, {"num_envs": 4, "n_steps": 4, "lr": 3e-3, "total_steps": 3000}),
+    (Reinforce, ReinforceConfig, {"episodes_per_update": 8, "lr": 1e-2, "total_steps": 3000}),
+])
+def test_policy_gradient_agents_learn_the_chain(cls, cfg_cls, extra):
+    agent = cls(CHAIN, quiet(cfg_cls, env=CHAIN, gamma=0.9, hidden=(32,), **extra))
+    agent.learn()
+    assert agent.evaluate(4)["return_mean"] == OPTIMAL_RETURN
+
+
+def test_reinforce_gaussian_policy_runs_on_pendulum():
+    agent = Reinforce("Pendulum-v1", quiet(ReinforceConfig, env="Pendulum-v1", total_steps=40, episodes_per_update=2,
+                                          max_episode_steps=20, hidden=(8,)))
+    out = agent.learn()
+    assert out["step"] == 40 and agent.net.log_std.grad is not None
