@@ -108,7 +108,7 @@ def train(config: DDPMConfig, run: Run | None = None) -> dict:
         sampler_model = trainer.ema.module if trainer.ema is not None else model
         sampler_model.eval()
         draw_figures(sampler_model, data, run.dir / "samples.png", n=64, options=DDPMSampleOptions(),
-                     device=run.device)
+                     device=run.device, titles=False)
         run.finish(out, step=fit.step)
     return out
 
@@ -188,17 +188,20 @@ def generate(model: GaussianDiffusion, n: int, options: DDPMSampleOptions, *, cl
 
 
 def draw_figures(model: GaussianDiffusion, data: DiffusionData, out: Path, n: int, options: DDPMSampleOptions,
-                 *, classifier: nn.Module | None = None, device="cpu", to_image=None) -> Path:
+                 *, classifier: nn.Module | None = None, device="cpu", to_image=None, titles: bool = True) -> Path:
     """Images: a grid + ``<out>-progress.png`` (x_0 estimates along the reverse process); points: a scatter with
-    reverse trajectories. ``to_image`` maps samples to images in [0, 1] (latent diffusion decodes here)."""
+    reverse trajectories. ``to_image`` maps samples to images in [0, 1] (latent diffusion decodes here).
+    With ``titles`` each image is captioned with its class when the classes differ (slower: one axis each)."""
     x, labels, frames, traj = generate(model, n, options, classifier=classifier, device=device,
                                        strip=min(n, 8) if (data.is_image or to_image) else 0,
                                        trajectory=not (data.is_image or to_image))
     if traj is not None:
         return save_trajectories(traj, data.x[:5000], out, title=f"{n} samples ({options.sampler})")
     decode = to_image or (lambda z: (z.clamp(-1, 1) + 1) / 2)          # [-1, 1] -> [0, 1]
-    titles = [str(int(v)) for v in labels] if labels is not None and n <= 100 else None
-    save_image_grid(decode(x), out, titles=titles)
+    captions = None
+    if titles and labels is not None and n <= 64 and len(set(labels.tolist())) > 1:
+        captions = [str(int(v)) for v in labels]
+    save_image_grid(decode(x), out, titles=captions)
     save_progress_strip([decode(f) for f in frames], out.with_name(out.stem + "-progress.png"))
     return out
 
