@@ -29,6 +29,7 @@ _MODULES: list[str] = [
     "mlcanon.rl.tabular_cli",
     "mlcanon.generative.diffusion.ddpm",
     "mlcanon.generative.diffusion.noisy_classifier",
+    "mlcanon.generative.diffusion.latent",
     "mlcanon.rl.ppo",
     "mlcanon.rl.dqn",
     "mlcanon.rl.a2c",
