@@ -32,8 +32,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 
 import mlcanon
+from mlcanon.config import references, to_dict
+from mlcanon.devices import DistInfo, device_for_rank, init_distributed, resolve_device
 from mlcanon.errors import UserError
 
 CHECKPOINT_FORMAT = 1
@@ -124,7 +128,6 @@ def _alive(pid: int) -> bool:
 
 def save_checkpoint(directory: str | Path, obj: dict, *, tag: str = "checkpoint", step: int = 0) -> Path:
     """Atomically write ``<tag>.safetensors`` then ``<state>.json`` (the completion marker)."""
-    from safetensors.torch import save
 
     directory = Path(directory)
     tensors: dict[str, torch.Tensor] = {}
@@ -141,7 +144,6 @@ def save_checkpoint(directory: str | Path, obj: dict, *, tag: str = "checkpoint"
 
 def load_checkpoint(directory: str | Path, *, tag: str = "checkpoint") -> tuple[dict, int] | None:
     """Read a checkpoint written by :func:`save_checkpoint`; ``None`` when there is none yet."""
-    from safetensors.torch import load_file
 
     directory = Path(directory)
     st_path = directory / f"{tag}.safetensors"
@@ -167,7 +169,6 @@ def _damaged(path: Path, err: Exception) -> str:
 
 def _read_header(st_path: Path) -> dict:
     """The JSON header of a checkpoint (cheap: the safetensors metadata only)."""
-    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(st_path), framework="pt") as f:
@@ -302,7 +303,6 @@ class Run:
     """A run folder being written. Only rank 0 of a distributed job writes (``enabled=False`` elsewhere)."""
 
     def __init__(self, directory: Path, *, enabled: bool = True):
-        from mlcanon.devices import DistInfo
 
         self.dir = Path(directory)
         self.enabled = enabled
@@ -317,7 +317,6 @@ class Run:
     # -- creation / resume -------------------------------------------------------------------------
     @classmethod
     def create(cls, algorithm: str, config, *, enabled: bool = True, device: str | None = None) -> Run:
-        from mlcanon.config import references, to_dict
 
         if not enabled:
             return cls(Path(os.devnull), enabled=False)
@@ -336,7 +335,6 @@ class Run:
         """Every algorithm's first line: resolve the device, join torchrun's process group, seed, and open
         the run folder - a new one, or the one ``--resume`` reopened (whose checkpoint is read here, once,
         into ``run.resume_state``). Only rank 0 writes."""
-        from mlcanon.devices import device_for_rank, init_distributed, resolve_device
 
         device = resolve_device(config.device)
         dist = init_distributed(device)
@@ -387,7 +385,7 @@ class Run:
         if not self.enabled:
             return None
         if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # heavy (~1 s): imported when first written
             self._tb = SummaryWriter(str(self.dir), purge_step=self._purge_step)
         return self._tb
 
@@ -408,7 +406,6 @@ class Run:
     def log_hparams(self, config) -> None:
         if not self.enabled:
             return
-        from mlcanon.config import to_dict
         text = "\n".join(f"| {k} | {v} |" for k, v in to_dict(config).items())
         self.tensorboard().add_text("hparams", "| field | value |\n|---|---|\n" + text, 0)
 

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlcanon.config import option
+from mlcanon.data import images, load
 from mlcanon.data.images import save_image_grid
 from mlcanon.errors import UserError
-from mlcanon.registry import EvalOptions, SampleOptions, register
+from mlcanon.registry import EvalOptions, SampleOptions, algorithm_of_run, register
 from mlcanon.runs import Run, load_weights
 from mlcanon.supervised.gradcam import save_overlays
 from mlcanon.supervised.models import MODELS, build_model
@@ -132,7 +133,6 @@ def batch_metrics(model: nn.Module, config: ClassifierConfig, num_classes: int, 
 
 
 def _transform(config: ClassifierConfig, num_classes: int):
-    from mlcanon.data import images
     augs = config.augmentations
     if not (augs or config.input_noise or config.label_noise):
         return None
@@ -156,7 +156,6 @@ def _transform(config: ClassifierConfig, num_classes: int):
 
 def load_splits(config: ClassifierConfig):
     """(train, val, test) datasets; the classifier needs labelled image data."""
-    from mlcanon.data import load
     kw = {"data_dir": config.data_dir}
     train = load(config.dataset, "train", val_fraction=config.val_fraction, **kw)
     if getattr(train, "targets", None) is None or train.num_classes is None:
@@ -204,8 +203,6 @@ def train(config: ClassifierConfig, run: Run | None = None) -> dict:
 
 def load_model(run_dir: str | Path, tag: str = "best") -> tuple[nn.Module, ClassifierConfig]:
     """The trained model (best by validation accuracy, else last) and its config, from a run folder."""
-    from mlcanon.data import load
-    from mlcanon.registry import algorithm_of_run
     algo, config = algorithm_of_run(run_dir)
     if algo.name != "classifier":
         raise UserError(f"{run_dir} is a {algo.name} run, not a classifier run")
@@ -230,7 +227,6 @@ class ClassifierEvalOptions(EvalOptions):
 
 def evaluate(run_dir: str | Path, options: ClassifierEvalOptions | None = None) -> dict:
     """Accuracy and loss of the run's best model on a split (and robust accuracy under --attack)."""
-    from mlcanon.data import load
     options = options or ClassifierEvalOptions()
     model, config = load_model(run_dir)
     ds = load(config.dataset, options.split, data_dir=config.data_dir, val_fraction=config.val_fraction)
@@ -247,7 +243,6 @@ def evaluate(run_dir: str | Path, options: ClassifierEvalOptions | None = None) 
 def sample(run_dir: str | Path, n: int = 64, out: str | Path | None = None,
            options: SampleOptions | None = None) -> Path:
     """A grid of test images titled with predicted and true labels (+ ``*-gradcam.png`` for conv models)."""
-    from mlcanon.data import load
     model, config = load_model(run_dir)
     ds = load(config.dataset, "test", data_dir=config.data_dir)
     x, y = ds.x[:n], ds.targets[:n]

@@ -13,6 +13,9 @@ import torch
 from torch import nn
 
 from mlcanon.errors import UserError
+from mlcanon.nn.attention import ViT
+from mlcanon.nn.recurrent import LSTM
+from mlcanon.nn.resnet import ResNet
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, config) -> nn.Module:
@@ -68,7 +71,6 @@ def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int
 def resnet(input_shape: tuple[int, ...], num_classes: int, config) -> nn.Module:
     """Small ResNet (mlcanon.nn.ResNet): ``depth`` stages of 2 residual blocks, ``width // 8`` (min 16)
     channels in the first stage, doubling per stage, global average pool, dropout, linear head."""
-    from mlcanon.nn.resnet import ResNet
 
     C, _, _ = _image_shape("resnet", input_shape)
     return ResNet(C, num_classes, width=max(16, config.width // 8), stages=config.depth, blocks_per_stage=2,
@@ -78,7 +80,6 @@ def resnet(input_shape: tuple[int, ...], num_classes: int, config) -> nn.Module:
 def vit(input_shape: tuple[int, ...], num_classes: int, config) -> nn.Module:
     """Vision transformer (mlcanon.nn.ViT): patch 4 for images >= 16 px (7x7 patches on 28x28), else 2
     (4x4 on 8x8); model dim ``width``, ``depth`` encoder blocks, 4 heads, MLP ratio 2."""
-    from mlcanon.nn.attention import ViT
 
     C, H, W = _image_shape("vit", input_shape)
     patch = 4 if min(H, W) >= 16 and H % 4 == 0 and W % 4 == 0 else 2
@@ -97,7 +98,6 @@ class RowLSTM(nn.Module):
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, hidden: int, layers: int,
                  dropout: float):
         super().__init__()
-        from mlcanon.nn.recurrent import LSTM
 
         C, _, W = input_shape
         self.lstm = LSTM(C * W, hidden, num_layers=layers, batch_first=True, forget_bias=1.0, dropout=dropout)
