@@ -250,6 +250,11 @@ class FlowSampleOptions(SampleOptions):
                                       "pairs of test images")
 
 
+def eval_device(config: FlowConfig) -> torch.device:
+    """Where to evaluate / sample: the GPU for a run configured with cuda or auto when one is visible."""
+    return torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
 def load_flow(run_dir: str | Path, config: FlowConfig | None = None, tag: str = "best") -> Flow:
     """The trained flow of a run folder (best weights by validation NLL, else the last), in eval mode."""
     algo, cfg = algorithm_of_run(run_dir)
@@ -270,9 +275,10 @@ def evaluate_flow(run_dir: str | Path, options: FlowEvalOptions | None = None) -
     to the true density."""
     options = options or FlowEvalOptions()
     _, config = algorithm_of_run(run_dir)
-    model = load_flow(run_dir, config)
+    device = eval_device(config)
+    model = load_flow(run_dir, config).to(device)
     ds = load_split(config, options.split, config.eval_subset)
-    out = flow_metrics(model, config, ds, options.seed, options.split)
+    out = flow_metrics(model, config, ds, options.seed, options.split, device)
     out["n"] = len(ds.x)
     if config.is_image:
         out["dequantization"] = dequantization_note(model.num_dims)
@@ -284,15 +290,16 @@ def sample_flow(run_dir: str | Path, n: int = 64, out: str | Path | None = None,
     """Images: a grid of n samples; toys: a scatter of n samples beside the test points."""
     options = options or FlowSampleOptions()
     _, config = algorithm_of_run(run_dir)
-    model = load_flow(run_dir, config)
+    device = eval_device(config)
+    model = load_flow(run_dir, config).to(device)
     out = Path(out) if out else Path(run_dir) / "samples.png"
-    x = model.sample(n, options.temperature, generator=generator(options.seed, 31337))
+    x = model.sample(n, options.temperature, generator=generator(options.seed, 31337)).cpu()
     ds = load_split(config, "test", config.eval_subset or 2000)
     if not config.is_image:
         return save_points(x, ds.x, out)
     save_image_grid(x.clamp(0, 1), out)
     if options.interpolate:
-        y = eval_tensor(config, ds.x[:16], options.seed)
+        y = eval_tensor(config, ds.x[:16], options.seed).to(device)
         save_interpolation(model, y[0::2], y[1::2], out.with_name(out.stem + "-interp.png"))
     return out
 

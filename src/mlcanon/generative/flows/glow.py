@@ -96,7 +96,7 @@ def train(config: GlowConfig, run: Run | None = None) -> dict:
     out = train_flow("glow", config, build, run)
     if config.is_image and out["model"] is not None and "test_nll_nats" in out:
         test = load_split(config, "test", 16)
-        y = eval_tensor(config, test.x, config.seed)
+        y = eval_tensor(config, test.x, config.seed).to(out["model"].base_loc.device)
         save_interpolation(out["model"], y[0::2], y[1::2], Path(out["run_dir"]) / "interpolation.png")
     return out
 
