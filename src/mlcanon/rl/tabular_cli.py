@@ -2,14 +2,18 @@
 
 Names: ``value-iteration``, ``policy-iteration``, ``mc``, ``td0``, ``sarsa``, ``expected-sarsa``,
 ``q-learning``, ``nstep-sarsa`` and ``bandit`` (``--strategy epsilon-greedy|ucb|thompson|gradient``).
-Each has a config dataclass and a ``train(config, run=None) -> dict``; ``evaluate(run_dir)`` and
-``sample(run_dir, n, out)`` are the ``mlcanon eval`` / ``mlcanon sample`` hooks. The math lives in
-:mod:`mlcanon.rl.dp`, :mod:`mlcanon.rl.tabular_learning` and :mod:`mlcanon.rl.bandits`.
+Each has a config dataclass and a ``train(config, run=None) -> dict``; ``evaluate(run_dir, options)`` and
+``sample(run_dir, n, out, options)`` are the ``mlcanon eval`` / ``mlcanon sample`` hooks. The algorithms
+live in :mod:`mlcanon.rl.dp`, :mod:`mlcanon.rl.tabular_learning` and :mod:`mlcanon.rl.bandits`.
+
+Flags: ``--episodes`` is the learners' budget, ``--max-episode-steps`` an episode's time limit, and the
+bandits' budget in pulls is ``--total-steps``. ``--num-seeds N`` runs N independent seeds as one array:
+seed i's tables and curves are bitwise those of ``--seed seed+i --num-seeds 1``.
 
 Run folder extras: ``curves_band.png`` (episode return, mean and 95% band over seeds), ``epsilon.png``,
 ``values.png``, ``policy.png`` and ``result.json`` (final greedy return, DP optimum, gap). Resuming
-(``Run.reopen``) restores the Q-tables, the generator and every episode counter: the result equals an
-uninterrupted run for envs with a model.
+(``Run.reopen``) restores the Q-tables, every seed's position in its random stream and every episode
+counter: the result equals an uninterrupted run for envs with a model.
 """
 
 from __future__ import annotations
