@@ -509,6 +509,9 @@ class Learner:
 
     def load_state_dict(self, d: dict) -> None:
         """Restore a :meth:`state_dict` (model-free gym envs restart their current episode's env state)."""
+        if "positions" not in d.get("rng", {}):
+            raise UserError("this checkpoint was written by an older mlcanon whose seeds shared one random "
+                            "generator; it cannot be resumed exactly. Start a new run")
         for k in self._STATE:
             if k in d:
                 setattr(self, k, np.array(d[k]))
