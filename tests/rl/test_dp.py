@@ -118,3 +118,88 @@ def test_q_greedy_ties_and_bad_input(sb):
         dp.q_from_v(sb, np.zeros(5))
     with pytest.raises(UserError):
         dp.value_iteration(sb, tol=0)
+
+
+# --- solve and the certified stop of value iteration ---------------------------------------------------
+
+def _v_star(m):
+    """V* independently of solve/value_iteration: policy iteration (exact linear solves), then checked by the
+    Bellman optimality equation: ||T V - V|| <= eps gives ||V - V*|| <= eps / (1 - gamma)."""
+    V, _, _ = dp.policy_iteration(m)
+    resid = np.abs(dp.bellman_optimality(m, V) - V).max()
+    assert resid <= 1e-12 * (1 + np.abs(V).max())
+    return V
+
+
+def _maze(n, gamma):
+    from mlcanon.bench.tabular import maze_mdp
+    return maze_mdp(n, gamma, seed=1)
+
+
+def _roundoff(V):
+    return 1e-12 * (1 + np.abs(V).max())                            # float64 sums of |V|-sized terms
+
+
+@pytest.mark.parametrize("gamma", [0.99, 0.999])
+def test_solve_and_value_iteration_certified_on_mazes(gamma):
+    m = _maze(30, gamma)                                            # 900 states, paths of hundreds of steps
+    V_star = _v_star(m)
+    for tol in (1e-6, 1e-9):
+        st = {}
+        V, pi = dp.solve(m, tol, stats=st)
+        assert np.abs(V - V_star).max() <= tol + _roundoff(V_star)
+        assert dp.policy_value_gap(m, pi, V_star) <= 2 * tol + _roundoff(V_star)   # 2 tol-optimal
+        assert st["eval_sweeps"] > 0                                # slow mixing: modified policy iteration
+        tr = dp.value_iteration(m, tol, return_trace=True)
+        assert tr.bound <= tol
+        assert np.abs(tr.V - V_star).max() <= tol + _roundoff(V_star)
+        plain = np.log(tol * (1 - gamma) / (2 * gamma) / 1.0) / np.log(gamma)
+        assert tr.n_sweeps <= plain                                 # never more than the sup-norm rule
+
+
+def test_solve_on_random_mdps_dense_sparse_terminal():
+    cases = [random_mdp(300, 4, gamma=0.95, seed=0),                               # dense, fast mixing
+             random_mdp(600, 3, successors=5, gamma=0.99, seed=1, sparse=True),    # sparse
+             random_mdp(100, 3, successors=4, gamma=0.999, seed=2, terminal=5),    # small dense: PI + LU
+             random_mdp(500, 2, successors=3, gamma=0.9, seed=3, terminal=10).to_sparse()]
+    for m in cases:
+        V_star = _v_star(m)
+        st = {}
+        V, pi = dp.solve(m, 1e-6, stats=st)
+        assert np.abs(V - V_star).max() <= 1e-6 + _roundoff(V_star)
+        assert np.all(V[m.terminal] == 0)
+        assert dp.policy_value_gap(m, pi, V_star) <= 2e-6
+    assert st["backups"] >= 1
+    small = cases[2]
+    st = {}
+    dp.solve(small, 1e-6, stats=st)
+    assert st["solves"] >= 1 and st["eval_sweeps"] == 0              # tiny dense: policy iteration
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), gamma=st.sampled_from([0.0, 0.5, 0.9, 0.99]),
+       S=st.integers(1, 30), A=st.integers(1, 4), sparse=st.booleans())
+def test_solve_matches_policy_iteration(seed, gamma, S, A, sparse):
+    m = random_mdp(S, A, successors=min(S, 3), gamma=gamma, seed=seed, sparse=sparse)
+    V_star = dp.policy_iteration(m)[0]
+    V, pi = dp.solve(m, 1e-8)
+    assert np.abs(V - V_star).max() <= 1e-8 + _roundoff(V_star)
+    assert pi.shape == (S,) and pi.dtype == np.int64
+
+
+def test_solve_gamma_one_episodic(sb):
+    V, pi = dp.solve(sb, 1e-8)
+    rr, cc = np.divmod(np.arange(16), 4)
+    np.testing.assert_allclose(V, -np.minimum(rr + cc, 6 - rr - cc), atol=1e-12)   # exact: PI polish
+    assert dp.policy_value_gap(sb, pi, V) < 1e-9
+    lake = mdp_of("FrozenLake-v1")                                  # gamma 1, reward only at the goal
+    V_l, _ = dp.solve(lake, 1e-8)
+    V_vi, _ = dp.value_iteration(lake, 1e-12)
+    np.testing.assert_allclose(V_l, V_vi, atol=1e-8)
+
+
+def test_solve_bad_input(sb):
+    with pytest.raises(UserError, match="tol"):
+        dp.solve(sb, tol=0)
+    with pytest.raises(UserError, match="round-off"):
+        dp.solve(random_mdp(20, 2, gamma=0.999, seed=0), tol=1e-16)
