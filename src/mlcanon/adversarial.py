@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlcanon.config import option
+from mlcanon.devices import resolve_device
 from mlcanon.errors import UserError
 from mlcanon.registry import EvalOptions, register
 from mlcanon.runs import Run, load_weights
@@ -243,6 +244,7 @@ class RobustEvalOptions(EvalOptions):
     steps: int = option(40, "PGD steps", min=1)
     restarts: int = option(1, "PGD random restarts", min=1)
     num_examples: int = option(0, "score only the first N examples (0: all)", min=0)
+    device: str = option("auto", "where to evaluate: cpu, cuda, or auto", choices=("auto", "cpu", "cuda"))
 
 
 def evaluate(run_dir: str | Path, options: RobustEvalOptions | None = None) -> dict:
@@ -251,7 +253,7 @@ def evaluate(run_dir: str | Path, options: RobustEvalOptions | None = None) -> d
     from mlcanon.registry import config_of
     options = options or RobustEvalOptions()
     config = config_of(run_dir, "adversarial-training")
-    model = load_model(run_dir, config)
+    model = load_model(run_dir, config).to(resolve_device(options.device))
     ds = load(config.dataset, options.split, data_dir=config.data_dir, val_fraction=config.val_fraction)
     x, y = ds.x, ds.targets
     if options.num_examples:

@@ -18,6 +18,7 @@ _MODULES = [
     "mlcanon.bench.supervised_tasks",
     "mlcanon.bench.tabular",
     "mlcanon.bench.tabular_learning",
+    "mlcanon.bench.latent_adversarial",
 ]
 
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from mlcanon.config import option
 from mlcanon.data.images import save_image_grid
+from mlcanon.devices import resolve_device
 from mlcanon.errors import UserError
 from mlcanon.generative.autoencoder import (
     IMAGE_DATASETS,
@@ -352,19 +353,21 @@ class VAEEvalOptions(EvalOptions):
     batch_size: int = option(100, "examples per IWAE batch", min=1)
     chunk: int = option(100, "importance samples drawn at a time (memory: chunk x batch decoder passes)", min=1)
     label_samples: int = option(1000, "CVAE: samples per class scored by the fixed MNIST classifier (0: off)", min=0)
+    device: str = option("auto", "where to evaluate: cpu, cuda, or auto", choices=("auto", "cpu", "cuda"))
 
 
 def evaluate(run_dir: str | Path, options: VAEEvalOptions | None = None) -> dict:
     """Test ELBO and IWAE NLL (nats per example); CVAE on MNIST: label accuracy of its class samples."""
     options = options or VAEEvalOptions()
     name, config = _config(run_dir)
-    model = load_model(run_dir, config)
+    device = resolve_device(options.device)
+    model = load_model(run_dir, config).to(device)
     data = _limit(load_split(config, options.split, config.seed), options.num_examples)
     torch.manual_seed(options.seed)
     elbo, nll = [], []
     with torch.no_grad():
         for i in range(0, len(data["x"]), options.batch_size):
-            b = {k: v[i:i + options.batch_size] for k, v in data.items()}
+            b = {k: v[i:i + options.batch_size].to(device) for k, v in data.items()}
             elbo.append(model.elbo(b["x"], b.get("y")).double())
             nll.append(-model.log_prob_iwae(b["x"], options.iwae_k, b.get("y"), chunk=options.chunk).double())
     elbo_t, nll_t = torch.cat(elbo), torch.cat(nll)
@@ -377,7 +380,7 @@ def evaluate(run_dir: str | Path, options: VAEEvalOptions | None = None) -> dict
         from mlcanon.metrics.mnist_features import label_accuracy  # lazy: loads the fixed feature network
         g = torch.Generator().manual_seed(options.seed)
         lab = torch.arange(10).repeat_interleave(options.label_samples)
-        x = torch.cat([model.sample(len(lab[i:i + 1000]), label=lab[i:i + 1000], generator=g)
+        x = torch.cat([model.sample(len(lab[i:i + 1000]), label=lab[i:i + 1000], generator=g).cpu()
                        for i in range(0, len(lab), 1000)])
         out["eval/label_accuracy"] = float(label_accuracy(x, lab))
     return out
