@@ -54,6 +54,10 @@ class DPConfig(CommonConfig):
 class ValueIterationConfig(DPConfig):
     """Value iteration (S&B sec. 4.4)."""
 
+    tol: float = option(1e-10, "gamma < 1: stop once the MacQueen-Porteus bounds certify max|V - V*| <= tol (V "
+                               "is their midpoint); gamma = 1: once a sweep changes no value by tol or more",
+                        min=0.0)
+
 
 @dataclasses.dataclass
 class PolicyIterationConfig(DPConfig):
