@@ -34,6 +34,7 @@ _MODULES: list[str] = [
     "mlcanon.rl.reinforce",
     "mlcanon.rl.actor_critic",
     "mlcanon.rl.decision_transformer",
+    "mlcanon.rl.decision_transformer",
     "mlcanon.generative.diffusion.ddpm",
     "mlcanon.generative.diffusion.noisy_classifier",
     "mlcanon.generative.diffusion.latent",
