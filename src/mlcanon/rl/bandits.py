@@ -20,7 +20,7 @@ from scipy.special import betaincinv
 
 from mlcanon.errors import UserError
 from mlcanon.rl import exploration as ex
-from mlcanon.rl.streams import PROBLEM, SeedStreams, generator
+from mlcanon.rl.streams import PROBLEM, SeedStreams, box_muller, generator
 
 STRATEGIES = ("epsilon-greedy", "ucb", "thompson", "gradient")
 
@@ -55,8 +55,7 @@ class BanditProblem:
         (Box-Muller) or Bernoulli(mu_a) (u_0 < mu_a)."""
         mu = self.means[np.arange(self.runs), a]
         if self.kind == "gaussian":
-            z = np.sqrt(-2.0 * np.log1p(-u[:, 0])) * np.cos(2.0 * np.pi * u[:, 1])   # z ~ N(0, 1)
-            return mu + self.reward_std * z
+            return mu + self.reward_std * box_muller(u[:, 0], u[:, 1])        # mu + std * z, z ~ N(0, 1)
         return (u[:, 0] < mu).astype(np.float64)
 
 
@@ -122,7 +121,7 @@ def run_bandit(problem: BanditProblem, strategy: str, total_steps: int, seed: in
             else:
                 prec = 1.0 / prior_std**2 + N / max(problem.reward_std, 1e-12) ** 2  # posterior precision
                 mean = (S / max(problem.reward_std, 1e-12) ** 2) / prec            # posterior mean (prior mean 0)
-                z = np.sqrt(-2.0 * np.log1p(-u[:, :K])) * np.cos(2.0 * np.pi * u[:, K:2 * K])  # N(0, 1), Box-Muller
+                z = box_muller(u[:, :K], u[:, K:2 * K])                             # z ~ N(0, 1)
                 theta = mean + z / np.sqrt(prec)                                    # theta_a ~ N(mean, 1/prec)
             a = ex.greedy_random_tiebreak(theta, u[:, 2 * K:3 * K])  # argmax_a theta_a
         else:

@@ -43,12 +43,17 @@ def int_seed(seed: int, stream: int) -> int:
     return int(seed_sequence(seed, stream).generate_state(1, np.uint32)[0])
 
 
+def box_muller(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
+    """Standard normals from two uniforms in [0, 1): z = sqrt(-2 ln(1 - u1)) cos(2 pi u2) (Box-Muller)."""
+    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * math.pi * u2)
+
+
 class SeedStreams:
     """N independent streams of uniforms in [0, 1), one per seed, read in blocks.
 
     ``draw(k)`` returns ``[N, k]``: the next k uniforms of every seed's own stream. ``draw(k, idx)`` reads
-    only the seeds ``idx`` (the others' positions do not move). ``normal(k, idx)`` turns 2k uniforms per
-    seed into k standard normals (Box-Muller), so every read is a count of uniforms.
+    only the seeds ``idx`` (the others' positions do not move). Only uniforms are read (normals come from
+    them by :func:`box_muller`), so a seed's position in its stream is a count of uniforms.
     """
 
     def __init__(self, seeds, stream: int = AGENT, block: int | None = None):
@@ -90,11 +95,6 @@ class SeedStreams:
         u = self.buf[idx[:, None], c[:, None] + np.arange(k)]
         self.cur[idx] = c + k
         return u
-
-    def normal(self, k: int, idx: np.ndarray | None = None) -> np.ndarray:
-        """k standard normals per seed from 2k uniforms: z = sqrt(-2 ln(1 - u1)) cos(2 pi u2) (Box-Muller)."""
-        u = self.draw(2 * k, idx)
-        return np.sqrt(-2.0 * np.log1p(-u[:, :k])) * np.cos(2.0 * math.pi * u[:, k:])
 
     def _refill_aligned(self) -> None:
         """Keep the unread tail, fill the rest of every row from its generator (into the spare buffer, so the
