@@ -400,6 +400,39 @@ def unrolled_d_params(model: GAN, config: GANConfig, real: torch.Tensor, y: torc
     return params
 
 
+# ------------------------------------------------------------------------------------ one alternation
+def train_step(model: GAN, batches: list[dict], opt_d: torch.optim.Optimizer, opt_g: torch.optim.Optimizer, *,
+               precision: str = "fp32") -> dict[str, float]:
+    """One iteration of Algorithm 1: a discriminator step on each of the k real ``batches`` (dicts with "x" and,
+    for labelled models, "y"), then one generator step; returns the logged means."""
+    config = model.config
+    device = batches[0]["x"].device
+    k = len(batches)
+    logged: dict[str, float] = {}
+    for batch in batches:                                           # k discriminator steps
+        with autocast(device, precision):
+            out = model.d_loss(batch["x"], batch.get("y"))
+        opt_d.zero_grad(set_to_none=True)
+        out["d_loss"].float().backward()
+        opt_d.step()                                                # ascend V (descend -V)
+        if config.clip:                                             # WGAN: w <- clip(w, -c, c)
+            with torch.no_grad():
+                for p in model.D.parameters():
+                    p.clamp_(-config.clip, config.clip)
+        for key, v in out.items():
+            logged[key] = logged.get(key, 0.0) + float(v.detach()) / k
+    last = batches[-1]
+    look_ahead = unrolled_d_params(model, config, last["x"], last.get("y")) if config.unroll else None
+    with autocast(device, precision):
+        gout = model.g_loss(len(last["x"]), device, last.get("y"), d_params=look_ahead)
+    opt_g.zero_grad(set_to_none=True)
+    gout["g_loss"].float().backward()
+    opt_g.step()                       # descend the generator loss; D's gradients from this pass are dropped
+    opt_d.zero_grad(set_to_none=True)  # (ACGAN's / InfoGAN's heads learn the class / code term in d_loss)
+    logged["g_loss"] = float(gout["g_loss"].detach())
+    return logged
+
+
 # ---------------------------------------------------------------------------------------------- loop
 def train_gan(name: str, config: GANConfig, run: Run | None = None) -> dict:
     """Algorithm 1 of Goodfellow et al.: per generator step, k discriminator steps on fresh real and fake
@@ -409,8 +442,7 @@ def train_gan(name: str, config: GANConfig, run: Run | None = None) -> dict:
     model = GAN(config, tuple(x.shape[1:])).to(run.device)
     opt = {"betas": config.adam_betas}
     opt_g = make_optimizer(config.optimizer, model.G.parameters(), config.lr, **opt)
-    d_params = list(model.D.parameters())
-    opt_d = make_optimizer(config.optimizer, d_params, config.discriminator_lr, **opt)
+    opt_d = make_optimizer(config.optimizer, model.D.parameters(), config.discriminator_lr, **opt)
     state = TrainState(generator=model.G, discriminator=model.D, opt_g=opt_g, opt_d=opt_d)
     state.restore(run)
     tensors = {"x": x} if y is None else {"x": x, "y": y}
@@ -424,33 +456,8 @@ def train_gan(name: str, config: GANConfig, run: Run | None = None) -> dict:
     model.train()
     while not loop.finished:
         step = state.step
-        logged: dict[str, float] = {}
-        for i in range(k):                                              # k discriminator steps
-            batch, _ = data.get(step * k + i)
-            batch = {key: v.to(run.device) for key, v in batch.items()}
-            with autocast(run.device, config.precision):
-                out = model.d_loss(batch["x"], batch.get("y"))
-            opt_d.zero_grad(set_to_none=True)
-            out["d_loss"].float().backward()
-            opt_d.step()                                                # ascend V (descend -V)
-            if config.clip:                                             # WGAN: w <- clip(w, -c, c)
-                with torch.no_grad():
-                    for p in d_params:
-                        p.clamp_(-config.clip, config.clip)
-            for key, v in out.items():
-                logged[key] = logged.get(key, 0.0) + float(v.detach()) / k
-        batch, _ = data.get(step * k + k - 1)
-        yb = batch.get("y")
-        yb = None if yb is None else yb.to(run.device)
-        look_ahead = unrolled_d_params(model, config, batch["x"].to(run.device), yb) if config.unroll else None
-        with autocast(run.device, config.precision):
-            gout = model.g_loss(config.batch_size, run.device, yb, d_params=look_ahead)
-        opt_g.zero_grad(set_to_none=True)
-        opt_d.zero_grad(set_to_none=True)
-        gout["g_loss"].float().backward()
-        opt_g.step()                       # descend the generator loss; D's gradients from this pass are dropped
-        opt_d.zero_grad(set_to_none=True)  # (ACGAN's / InfoGAN's heads learn the class / code term in d_loss)
-        logged["g_loss"] = float(gout["g_loss"].detach())
+        batches = [{key: v.to(run.device) for key, v in data.get(step * k + i)[0].items()} for i in range(k)]
+        logged = train_step(model, batches, opt_d, opt_g, precision=config.precision)
         loop.advance(1, {f"train/{key}": v for key, v in logged.items()})
     loop.close()
     out = {"run_dir": str(run.dir), "step": state.step}
@@ -507,7 +514,8 @@ def load_model(run_dir: str | Path, config: GANConfig | None = None, tag: str = 
     x, _ = load_data(config, "test")
     model = GAN(config, tuple(x.shape[1:]))
     load_weights(model.D, run_dir, tag, key="discriminator")
-    return load_weights(model.G, run_dir, tag, key="generator") and model.eval()
+    load_weights(model.G, run_dir, tag, key="generator")
+    return model.eval()
 
 
 @dataclasses.dataclass
