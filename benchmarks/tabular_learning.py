@@ -17,6 +17,7 @@ if __name__ == "__main__":
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     for n in a.num_seeds:
-        ep = a.episodes or dict((c[0], c[1]) for c in CASES).get(n, 200)
-        rate, dt, steps = q_learning_steps_per_s(n, ep)
-        print(f"seeds={n:5d} episodes={ep} steps={steps} wall={dt:.3f}s  {rate:,.0f} env steps/s")
+        ep = a.episodes or {c[0]: c[1] for c in CASES}.get(n, 200)
+        rate, dt, steps, cpu = q_learning_steps_per_s(n, ep)
+        print(f"seeds={n:5d} episodes={ep} steps={steps} wall={dt:.3f}s  {rate:,.0f} env steps/s "
+              f"({steps / cpu:,.0f} per CPU second)")
