@@ -19,6 +19,7 @@ _MODULES = [
     "mlcanon.bench.tabular",
     "mlcanon.bench.tabular_learning",
     "mlcanon.bench.latent_adversarial",
+    "mlcanon.bench.autoregressive",
 ]
 
 
