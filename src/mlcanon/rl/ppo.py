@@ -21,6 +21,7 @@ import gymnasium as gym
 import torch
 
 from mlcanon.config import option
+from mlcanon.errors import UserError
 from mlcanon.registry import register
 from mlcanon.rl.agent import (
     Agent,
@@ -34,6 +35,7 @@ from mlcanon.rl.agent import (
     train_agent,
 )
 from mlcanon.rl.buffers import RolloutStorage
+from mlcanon.rl.cartpole_torch import CartPoleTorch
 from mlcanon.rl.policies import ActorCritic
 from mlcanon.rl.returns import gae
 from mlcanon.rl.vec_env import ObsNormalizer, RewardScaler, VecEnv
@@ -65,6 +67,14 @@ class PPOConfig(DeepRLConfig):
     scale_rewards: bool = option(False, "divide rewards by the running std of the discounted return")
     activation: str = option("tanh", "hidden activation", choices=("tanh", "relu"))
     log_std_init: float = option(0.0, "initial log-std of the Gaussian policy (Box actions)")
+    torch_env: bool = option(False, "step CartPole-v1 as one batched torch env (rl/cartpole_torch.py) instead of "
+                                    "N gymnasium envs: thousands of envs at once, on the GPU too")
+
+    def check(self) -> None:
+        super().check()
+        if self.torch_env and self.env != "CartPole-v1":
+            raise UserError(f"--torch-env: the batched torch env is CartPole-v1 only, not {self.env}; "
+                            "drop --torch-env or use --env CartPole-v1")
 
 
 class PPO(Agent):
@@ -100,7 +110,8 @@ class PPO(Agent):
         cfg, dev = self.config, self.device
         total = total_steps or cfg.total_steps
         T, N = cfg.num_steps, cfg.num_envs
-        env = VecEnv(cfg.env, N, cfg.seed, cfg.max_episode_steps or None)
+        env = CartPoleTorch(N, cfg.seed, dev, cfg.max_episode_steps or 500) if cfg.torch_env else \
+            VecEnv(cfg.env, N, cfg.seed, cfg.max_episode_steps or None)
         discrete = isinstance(self.action_space, gym.spaces.Discrete)
         storage = RolloutStorage(T, N, self.obs_shape, () if discrete else self.action_space.shape,
                                  torch.int64 if discrete else torch.float32, dev)
@@ -124,7 +135,8 @@ class PPO(Agent):
                     dist = self.net.dist(x)
                     action = dist.sample()                        # a_t ~ pi_old(.|s_t)
                     logp, value = dist.log_prob(action), self.net.value(x)
-                next_obs, reward, term, trunc, info = env.step(self.net.to_env(action).cpu().numpy())
+                env_action = self.net.to_env(action)
+                next_obs, reward, term, trunc, info = env.step(env_action if cfg.torch_env else env_action.cpu().numpy())
                 done = torch.as_tensor(term | trunc, device=dev)
                 r = torch.as_tensor(reward, dtype=torch.float32, device=dev)
                 if self.reward_scale is not None:
