@@ -5,8 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlcanon.bench.tabular import maze_mdp
 from mlcanon.errors import UserError
-from mlcanon.rl import dp
+from mlcanon.registry import _REGISTRY
+from mlcanon.rl import dp, mdp_solve
 from mlcanon.rl.envs import mdp_of
 from mlcanon.rl.mdp import random_mdp
 
@@ -132,7 +134,6 @@ def _v_star(m):
 
 
 def _maze(n, gamma):
-    from mlcanon.bench.tabular import maze_mdp
     return maze_mdp(n, gamma, seed=1)
 
 
@@ -203,3 +204,15 @@ def test_solve_bad_input(sb):
         dp.solve(sb, tol=0)
     with pytest.raises(UserError, match="round-off"):
         dp.solve(random_mdp(20, 2, gamma=0.999, seed=0), tol=1e-16)
+
+
+def test_mdp_solve_cli_entry(tmp_runs):
+    algo = _REGISTRY["mdp-solve"]                                    # (registry.get imports every family)
+    r = algo.train(algo.config_cls(out_dir=str(tmp_runs), env="FrozenLake-v1", gamma=0.95, progress=False))
+    assert algo.train is mdp_solve.train
+    V_vi, _ = dp.value_iteration(mdp_of("FrozenLake-v1").with_gamma(0.95), tol=1e-12)
+    assert np.abs(r["V"] - V_vi).max() <= 1e-6 + 1e-12                # the default tol, certified
+    assert r["dp_optimum"] == pytest.approx(float(r["V"][0]))          # FrozenLake starts in state 0
+    ev = algo.evaluate(r["run_dir"], algo.eval_options(episodes=200))
+    assert 0.6 < ev["eval/return_mean"] < 0.9                        # slippery FrozenLake: optimum ~0.74
+    assert algo.sample(r["run_dir"], 5).exists()
