@@ -112,19 +112,37 @@ def _check_pair(eps_max, eps_min):
 # Each rule takes the uniforms it needs as an argument (``u``, one row per seed), so that every seed's
 # actions come from its own random stream (mlcanon.rl.streams.SeedStreams) and the rules stay pure.
 
+def row_max(x: np.ndarray) -> np.ndarray:
+    """max over the last axis, as a loop over its few columns (a numpy reduction along a short last axis
+    pays per row: for [1000, 4] this is several times faster, and the result is the same)."""
+    m = x[..., 0].copy()
+    for j in range(1, x.shape[-1]):
+        np.maximum(m, x[..., j], out=m)
+    return m
+
+
+def row_sum(x: np.ndarray) -> np.ndarray:
+    """sum over the last axis in a fixed order, ((x_0 + x_1) + x_2) + ..., one column at a time (fast for a
+    short last axis; every row is summed the same way whatever the number of rows)."""
+    t = x[..., 0].copy()
+    for j in range(1, x.shape[-1]):
+        t += x[..., j]
+    return t
+
+
 def greedy_random_tiebreak(q: np.ndarray, u: np.ndarray) -> np.ndarray:
     """argmax_a q[n, a] per row, ties broken uniformly at random by the uniforms ``u`` [N, A].
 
     (The deterministic greedy policy, lowest index on ties, is :func:`mlcanon.rl.dp.greedy`.)
     """
-    best = q == q.max(-1, keepdims=True)
+    best = q == row_max(q)[..., None]
     return np.where(best, u + 1.0, 0.0).argmax(-1)  # the largest uniform among the tied maxima
 
 
 def greedy_mask(q: np.ndarray) -> np.ndarray:
     """1/|argmax set| on the maximizing actions of each row, 0 elsewhere: the greedy policy with fair ties."""
-    best = (q == q.max(-1, keepdims=True)).astype(np.float64)
-    return best / best.sum(-1, keepdims=True)
+    best = (q == row_max(q)[..., None]).astype(np.float64)
+    return best / row_sum(best)[..., None]
 
 
 def epsilon_greedy_probs(q: np.ndarray, eps) -> np.ndarray:

@@ -66,7 +66,7 @@ class MDPSim:
 
     def reset(self, idx: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Start states for seeds ``idx``: s0 ~ start distribution, by inverse CDF of ``u`` [len(idx)]."""
-        return (u[:, None] >= self.start_cum[None, :]).sum(-1)
+        return np.searchsorted(self.start_cum, u, side="right")   # = #{s: u >= F(s)}, F sorted
 
     def step(self, s: np.ndarray, a: np.ndarray, u: np.ndarray, idx: np.ndarray | None = None):
         """(s', r, terminated, env_truncated=None) per seed: s' ~ P[s, a] by inverse CDF of u, r = R[s, a].
@@ -76,7 +76,10 @@ class MDPSim:
         if self.next is not None:
             s2 = self.next[sa]
         else:
-            k = np.minimum((u[:, None] >= self.cum[sa]).sum(-1), self.K - 1)  # first k with u < F_k
+            c = self.cum[sa]                                  # [N, K] cumulative probabilities
+            k = np.zeros(len(sa), dtype=np.int64)
+            for j in range(self.K - 1):                       # k = #{j < K-1: u >= F_j}: the first k with u < F_k
+                k += u >= c[:, j]
             s2 = self.nxt[sa, k]
         return s2, self.R_sa[sa], self.terminal[s2], None
 
@@ -323,12 +326,12 @@ class Learner:
             Qr, Qf = self.Q.reshape(-1, A), self.Q.reshape(-1)  # views [N*S, A] and [N*S*A]
             q2 = Qr[self.row0 + s2]                           # [N, A] Q(s', .)
             if m == "q-learning":
-                boot = q2.max(-1)                             # max_a' Q(s', a')
+                boot = ex.row_max(q2)                         # max_a' Q(s', a')
             elif m == "expected-sarsa":
-                boot = (ex.epsilon_greedy_probs(q2, eps) * q2).sum(-1)  # sum_a' pi(a'|s') Q(s', a')
+                boot = ex.row_sum(ex.epsilon_greedy_probs(q2, eps) * q2)  # sum_a' pi(a'|s') Q(s', a')
             else:                                             # sarsa: A' ~ eps-greedy(Q(S', .)), chosen first
                 a2 = ex.epsilon_greedy(q2, eps, ua)
-                boot = np.where(ended, (ex.epsilon_greedy_probs(q2, eps) * q2).sum(-1),
+                boot = np.where(ended, ex.row_sum(ex.epsilon_greedy_probs(q2, eps) * q2),
                                 q2[ar, a2])                   # Q(S', A'); at a time limit its expectation
             target = r + g * boot * not_term                  # terminal: no bootstrap; truncation: bootstrap
             sa = (self.row0 + s) * A + a                      # flat index of (n, s, a)
