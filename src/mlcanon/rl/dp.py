@@ -479,11 +479,10 @@ def _partial_evaluation(P_pi, r_pi: np.ndarray, g: float, term: np.ndarray, W: n
     of the Porteus bounds on V_pi (thm. 6.6.3 applied to T_pi) is within ``target`` of V_pi, at most
     ``max_sweeps`` sweeps. Returns (W, sweeps, converged)."""
     c = g / (1.0 - g)
+    gP = P_pi * g                       # terminal rows of P_pi and entries of r_pi are 0: so is T_pi W there
     for j in range(1, max_sweeps + 1):
-        TW = P_pi @ W
-        TW *= g
-        TW += r_pi
-        TW[term] = 0.0
+        TW = gP @ W
+        TW += r_pi                      # T_pi W = r_pi + gamma P_pi W
         if j <= 4 or j % 4 == 0 or j == max_sweeps:              # (the bound costs a third of a sweep)
             _, bound, shift = _porteus(TW, W, c)
             if bound <= target:
