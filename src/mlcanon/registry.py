@@ -56,6 +56,8 @@ _MODULES: list[str] = [
     "mlcanon.generative.gan",
     "mlcanon.generative.gan_variants",
     "mlcanon.adversarial",
+    "mlcanon.generative.autoregressive.wavenet",
+    "mlcanon.generative.autoregressive.vrnn",
 ]
 
 
