@@ -246,6 +246,11 @@ def load_split(config: VAEConfig, split: str, seed: int = 0) -> dict:
     return out
 
 
+def _labels(config: VAEConfig, split: str) -> torch.Tensor | None:
+    from mlcanon.data import load
+    return getattr(load(config.dataset, split, data_dir=config.data_dir), "targets", None)
+
+
 def _limit(data: dict, n: int) -> dict:
     return {k: v[:n] for k, v in data.items()} if n else data
 
@@ -318,7 +323,9 @@ def make_train(name: str):
             test = load_split(config, "test", config.seed)
             torch.manual_seed(config.seed)
             tm = evaluate_in_batches(lambda b: _metrics(model, b), test, device=run.device)
-            write_figures(model.cpu(), test, run.dir, config.seed, traversals=True)
+            labels = _labels(config, "test")
+            fig_data = test if labels is None else {**test, "labels": labels}   # colours of the latent scatter
+            write_figures(model.cpu(), fig_data, run.dir, config.seed, traversals=True)
             out["test_elbo"] = tm["elbo"]
             run.finish(out, step=fit.step, metrics={"test/elbo": tm["elbo"]})
         out["model"] = model
