@@ -22,6 +22,7 @@ from torch import nn
 
 from mlcanon.config import option
 from mlcanon.data.images import save_image_grid
+from mlcanon.devices import resolve_device
 from mlcanon.errors import UserError
 from mlcanon.generative.diffusion.figures import save_progress_strip, save_trajectories
 from mlcanon.generative.diffusion.model import (
@@ -93,7 +94,7 @@ def load_model(run_dir: str | Path, config: DDPMConfig | None = None, tag: str =
 
 # ----------------------------------------------------------------------------------------------- train
 def train(config: DDPMConfig, run: Run | None = None) -> dict:
-    """Algorithm 1 of Ho et al. on the training set; samples.png (+ trajectories for toys) at the end."""
+    """Algorithm 1 of Ho et al. on the training set; samples.png (DDIM, 50 steps; + trajectories for toys) at the end."""
     run = Run.start("ddpm", config, run)
     data = _data_of(config)
     model = make_model(config, data)
@@ -107,7 +108,7 @@ def train(config: DDPMConfig, run: Run | None = None) -> dict:
     if run.dist.is_main:
         sampler_model = trainer.ema.module if trainer.ema is not None else model
         sampler_model.eval()
-        draw_figures(sampler_model, data, run.dir / "samples.png", n=64, options=DDPMSampleOptions(),
+        draw_figures(sampler_model, data, run.dir / "samples.png", n=64, options=DDPMSampleOptions(sampler="ddim"),
                      device=run.device, titles=False)
         run.finish(out, step=fit.step)
     return out
@@ -128,6 +129,8 @@ class DDPMSampleOptions(SampleOptions):
                         min=-1)
     unconditional: bool = option(False, "sample a class-conditional model with the null label")
     classifier: str = option("", "noisy-classifier run folder for classifier guidance (scale --guidance)")
+    device: str = option("auto", "where to sample: cpu, cuda, or auto (cuda when available)",
+                         choices=("auto", "cpu", "cuda"))
 
 
 def _labels(model: GaussianDiffusion, n: int, options: DDPMSampleOptions, classifier_classes: int = 0
@@ -215,7 +218,7 @@ def sample(run_dir: str | Path, n: int = 64, out: str | Path | None = None,
     classifier = load_guidance_classifier(options, config)
     out = Path(out) if out else Path(run_dir) / "samples.png"
     data = _data_of(config, "test", subset=5000)
-    return draw_figures(model, data, out, n, options, classifier=classifier)
+    return draw_figures(model, data, out, n, options, classifier=classifier, device=resolve_device(options.device))
 
 
 # ------------------------------------------------------------------------------------------- evaluate
@@ -233,6 +236,8 @@ class DDPMEvalOptions(EvalOptions):
                                      "estimate)", min=0)
     variance: str = option("small", "reverse variance in the bound and the DDPM sampler", choices=VARIANCES)
     batch_size: int = option(500, "examples per forward pass", min=1)
+    device: str = option("auto", "where to evaluate: cpu, cuda, or auto (cuda when available)",
+                         choices=("auto", "cpu", "cuda"))
 
 
 def sample_metrics(x: torch.Tensor, labels: torch.Tensor | None, data_dir=None) -> dict:
@@ -277,8 +282,8 @@ def evaluate(run_dir: str | Path, options: DDPMEvalOptions | None = None) -> dic
     """Variational bound on the test set; for MNIST also FID / precision / recall / label accuracy."""
     options = options or DDPMEvalOptions()
     config = config_of(run_dir, "ddpm")
-    model = load_model(run_dir, config)
-    device = torch.device("cpu")
+    device = resolve_device(options.device)
+    model = load_model(run_dir, config).to(device)
     test = _data_of(config, "test", subset=0)
     out: dict = {"sampler": options.sampler, "steps": options.steps if options.sampler == "ddim" else
                  model.schedule.T}
@@ -291,7 +296,7 @@ def evaluate(run_dir: str | Path, options: DDPMEvalOptions | None = None) -> dic
             xs, labels = [], []
             for i in range(0, options.num_samples, options.batch_size):
                 k = min(options.batch_size, options.num_samples - i)
-                so.seed = options.seed * 1_000_003 + i
+                so.seed = options.seed * 1_000_003 + i      # every chunk its own stream
                 x, lab, _, _ = generate(model, k, so, device=device)
                 xs.append(x)
                 labels.append(lab if lab is not None else None)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mlcanon.config import option
+from mlcanon.devices import resolve_device
 from mlcanon.errors import UserError
 from mlcanon.generative.diffusion.ddpm import (
     DDPMEvalOptions,
@@ -125,7 +126,9 @@ class LatentDiffusion(nn.Module):
         if self.decoder_module is None:
             raise ValueError("attach the autoencoder first (load_model does)")
         with torch.no_grad():
-            return self.decoder_module.decode(z_std * self.z_std + self.z_mean).clamp(0, 1)
+            z = z_std.to(self.z_std.device) * self.z_std + self.z_mean
+            decoder = self.decoder_module.to(z.device)       # not a submodule: it follows the model here
+            return decoder.decode(z).clamp(0, 1).to(z_std.device)
 
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None, **sampler_options) -> torch.Tensor:
@@ -137,11 +140,12 @@ class LatentDiffusion(nn.Module):
 def encode_images(ae: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """E(x): the autoencoder's code, or the VAE's posterior mean mu(x)."""
     out = []
+    dev = next(ae.parameters()).device
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            z = ae.encode(x[i:i + batch_size])
-            out.append(z[0] if isinstance(z, tuple) else z)   # VAE: (mu, logvar) -> mu
-    return torch.cat(out).float()
+            z = ae.encode(x[i:i + batch_size].to(dev))
+            out.append((z[0] if isinstance(z, tuple) else z).float().cpu())   # VAE: (mu, logvar) -> mu
+    return torch.cat(out)
 
 
 def _images(config: LatentDiffusionConfig, split: str, subset: int = 0):
@@ -200,7 +204,7 @@ def train(config: LatentDiffusionConfig, run: Run | None = None) -> dict:
     run = Run.start("latent-diffusion", config, run)
     ae_dir = Path(config.autoencoder) if config.autoencoder else _train_own_autoencoder(config, run)
     ae_sha = config.autoencoder_sha256 or file_sha256(checkpoint_file(ae_dir))
-    ae = load_autoencoder(ae_dir)
+    ae = load_autoencoder(ae_dir).to(run.device)
     seed_everything(config.seed)          # the same global RNG whether the autoencoder was trained here or reused
     x, y, K = _images(config, "train", config.train_subset)
     z = encode_images(ae, x)                                    # frozen: codes computed once
@@ -216,7 +220,7 @@ def train(config: LatentDiffusionConfig, run: Run | None = None) -> dict:
     if run.dist.is_main:
         m = trainer.ema.module if trainer.ema is not None else model
         m.decoder_module = ae
-        _figures(m, run.dir / "samples.png", 64, DDPMSampleOptions(), titles=False)
+        _figures(m, run.dir / "samples.png", 64, DDPMSampleOptions(sampler="ddim"), titles=False)
         run.finish(out, step=fit.step)
     return out
 
@@ -237,7 +241,8 @@ def load_model(run_dir: str | Path, config: LatentDiffusionConfig | None = None,
 
 def _figures(model: LatentDiffusion, out: Path, n: int, options: DDPMSampleOptions, titles: bool = True) -> Path:
     data = DiffusionData(torch.zeros(0), None, model.diffusion.shape, model.diffusion.num_classes, False, False)
-    return draw_figures(model.diffusion, data, out, n, options, to_image=model.to_image, titles=titles)
+    return draw_figures(model.diffusion, data, out, n, options, to_image=model.to_image, titles=titles,
+                        device=model.z_std.device)
 
 
 def sample(run_dir: str | Path, n: int = 64, out: str | Path | None = None,
@@ -247,7 +252,7 @@ def sample(run_dir: str | Path, n: int = 64, out: str | Path | None = None,
     if options.classifier:
         raise UserError("--classifier: classifier guidance needs a classifier of noisy *codes*; use classifier-free "
                         "guidance (--guidance W) with a class-conditional latent model")
-    model = load_model(run_dir)
+    model = load_model(run_dir).to(resolve_device(options.device))
     out = Path(out) if out else Path(run_dir) / "samples.png"
     return _figures(model, out, n, options)
 
@@ -257,15 +262,16 @@ def evaluate(run_dir: str | Path, options: DDPMEvalOptions | None = None) -> dic
     (latent vs pixel space cost); the diffusion bound on the test codes in nats (continuous codes)."""
     options = options or DDPMEvalOptions()
     config = config_of(run_dir, "latent-diffusion")
-    model = load_model(run_dir, config)
+    device = resolve_device(options.device)
+    model = load_model(run_dir, config).to(device)
     out: dict = {"autoencoder_sha256": config.autoencoder_sha256 or file_sha256(checkpoint_file(
         _autoencoder_dir(config, Path(run_dir))))}
     if options.bound_examples:
         x, y, _ = _images(config, "test", options.bound_examples)
-        zs = model.standardize(encode_images(model.decoder_module, x))
+        zs = model.standardize(encode_images(model.decoder_module.to(device), x).to(device))
         yy = y if model.diffusion.num_classes and y is not None else None
         from mlcanon.training import generator
-        terms = model.diffusion.variational_bound(zs, yy, variance=options.variance,
+        terms = model.diffusion.variational_bound(zs, yy.to(device) if yy is not None else None, variance=options.variance,
                                                   t_samples=options.bound_t_samples, decoder="gaussian",
                                                   generator=generator(options.seed, 1))
         # nats of the standardized codes; + sum log s converts to the codes' own density
@@ -278,8 +284,8 @@ def evaluate(run_dir: str | Path, options: DDPMEvalOptions | None = None) -> dic
     for i in range(0, n, options.batch_size):
         k = min(options.batch_size, n - i)
         so.seed = options.seed * 1_000_003 + i
-        z, lab, _, _ = generate(model.diffusion, k, so)
-        xs.append(model.to_image(z))
+        z, lab, _, _ = generate(model.diffusion, k, so, device=device)
+        xs.append(model.to_image(z.to(device)).cpu())
         labels.append(lab)
     out["perf/sample_s_per_image"] = (time.perf_counter() - t0) / n
     if config.dataset == "mnist":
