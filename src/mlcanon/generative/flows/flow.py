@@ -41,7 +41,7 @@ class Flow(nn.Module):
 
     @property
     def base(self) -> D.Distribution:
-        return D.Independent(D.Normal(self.base_loc, self.base_scale), 1)
+        return D.Independent(D.Normal(self.base_loc, self.base_scale, validate_args=False), 1, validate_args=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(z = f(x), log|det df/dx|) per example."""
