@@ -62,7 +62,7 @@ class ActorCriticAgent(Agent):
         super().__init__(env, config, device)
         self.net = ActorCritic(self.obs_dim, self.action_space, config.hidden, config.activation,
                                config.log_std_init).to(self.device)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, fused=True)
 
     def modules(self):
         return {"policy": self.net}

@@ -15,6 +15,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -163,6 +164,7 @@ class Agent:
         if not state.restore(run) and "env" in state:
             state["env"].reset()
         self.run, self.state = run, state
+        self.eval_seconds, self._t0 = 0.0, time.perf_counter()   # wall-clock, reported (never checkpointed)
         loop = Loop(run, state, total=total, log_every=self.config.log_every,
                     checkpoint_every=self.config.checkpoint_every, desc=self.name, unit="step",
                     progress=self.config.progress, postfix_keys=("rollout/episode_return", "eval/return_mean"))
@@ -178,7 +180,9 @@ class Agent:
         cfg, state, c = self.config, loop.state, loop.state.counters
         before, after = loop.step, loop.step + n
         if (cfg.eval_every and after // cfg.eval_every > before // cfg.eval_every) or after >= loop.total:
+            t_eval = time.perf_counter()
             ev = self.evaluate(cfg.eval_episodes, seed=cfg.seed)
+            self.eval_seconds += time.perf_counter() - t_eval
             rec = {"eval/return_mean": ev["return_mean"], "eval/return_ci95": ev["return_ci95"]}
             self.run.log(after, {k: v for k, v in rec.items() if math.isfinite(v)})
             loop._last.update(rec)
@@ -195,7 +199,9 @@ class Agent:
 
     def summary(self) -> dict:
         c = self.state.counters
-        return {"step": int(self.state.step), "best_eval_return": c["best_eval"], "solved_step": c["solved_step"]}
+        wall = time.perf_counter() - self._t0
+        return {"step": int(self.state.step), "best_eval_return": c["best_eval"], "solved_step": c["solved_step"],
+                "wall_seconds": wall, "eval_seconds": self.eval_seconds, "train_seconds": wall - self.eval_seconds}
 
 
 def episode_metrics(info: dict) -> dict[str, float | None]:

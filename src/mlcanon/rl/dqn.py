@@ -109,7 +109,7 @@ class DQN(Agent):
         self.target = QNetwork(self.obs_dim, self.n_actions, config.hidden, config.activation, config.dueling)
         self.target.to(self.device).load_state_dict(self.q.state_dict())   # theta^- = theta
         self.target.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.lr, fused=True)
 
     def modules(self):
         return {"q": self.q}

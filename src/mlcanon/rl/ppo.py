@@ -88,7 +88,7 @@ class PPO(Agent):
         self.obs_norm = ObsNormalizer(self.obs_shape).to(self.device) if config.normalize_obs else None
         self.reward_scale = RewardScaler(config.num_envs, config.gamma).to(self.device) \
             if config.scale_rewards else None
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, eps=1e-5)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, eps=1e-5, fused=True)
 
     def modules(self):
         mods = {"policy": self.net}
