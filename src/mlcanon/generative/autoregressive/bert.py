@@ -17,6 +17,7 @@ class baseline. Reported by training (``speaker_accuracy``) and by ``mlcanon eva
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -137,10 +138,7 @@ def finetune_speakers(encoder: BERT, config: BERTConfig, tokenizer, *, steps: in
         return {}
     xtr, ytr, xte, yte, names = task
     torch.manual_seed(seed)
-    enc = BERT(encoder.vocab_size, encoder.context, len(encoder.blocks), encoder.blocks[0].attn.heads,
-               encoder.ln_f.normalized_shape[0], causal=encoder.blocks[0].attn.causal)
-    enc.load_state_dict(encoder.state_dict())
-    clf = SpeakerClassifier(enc, len(names)).to(device)
+    clf = SpeakerClassifier(copy.deepcopy(encoder), len(names)).to(device)     # the run's weights stay as they are
     opt = make_optimizer("adamw", clf.parameters(), lr, weight_decay=0.01)
     g = generator(seed, 77)
     clf.train()

@@ -176,7 +176,7 @@ class ImageHooks:
                                 batch_of(x, y, cond), batch_size=options.batch_size)
         D = x[0].numel()
         return {"eval/nll_nats": m["nll"], "eval/bits_per_dim": float(nats_to_bits_per_dim(m["nll"], D)),
-                "split": options.split, "n": len(x), **{k: v for k, v in kw.items()}}
+                "split": options.split, "n": len(x), **kw}
 
     def sample(self, run_dir: str | Path, n: int = 64, out: str | Path | None = None,
                options: ImageSampleOptions | None = None) -> Path:

@@ -31,7 +31,7 @@ from mlcanon.config import option
 from mlcanon.errors import UserError
 from mlcanon.registry import EvalOptions, SampleOptions, config_of
 from mlcanon.runs import Run, load_weights
-from mlcanon.training import TrainConfig, Trainer, WindowBatches, evaluate_in_batches, generator
+from mlcanon.training import OPTIMIZERS, TrainConfig, Trainer, WindowBatches, evaluate_in_batches, generator
 
 
 @dataclasses.dataclass
@@ -45,8 +45,7 @@ class LMConfig(TrainConfig):
     batch_size: int = option(12, "windows per global mini-batch", min=1)
     max_steps: int = option(2000, "optimizer steps (0: --epochs decides; an epoch = N / (B T) steps)", min=0)
     lr: float = option(1e-3, "peak learning rate", min=0.0)
-    optimizer: str = option("adamw", "optimizer", choices=("sgd", "momentum", "nesterov", "adagrad", "rmsprop",
-                                                           "adam", "adamw"))
+    optimizer: str = option("adamw", "optimizer", choices=OPTIMIZERS)
     adam_betas: tuple[float, ...] = option((0.9, 0.99), "Adam/AdamW (beta1, beta2)")
     weight_decay: float = option(0.1, "AdamW decoupled weight decay (matrices only; not biases, norms)", min=0.0)
     max_grad_norm: float = option(1.0, "clip the global gradient norm to this value (0: off)", min=0.0)

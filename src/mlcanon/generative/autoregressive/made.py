@@ -36,10 +36,11 @@ from mlcanon.generative.autoregressive.binary_images import (
     ImageHooks,
     ImageSampleOptions,
     bernoulli_log_prob,
+    nll_loss,
     train_image_model,
 )
 from mlcanon.nn.masked import MaskedLinear
-from mlcanon.registry import register
+from mlcanon.registry import config_of, register
 from mlcanon.runs import Run
 from mlcanon.training import generator
 
@@ -169,8 +170,7 @@ class BinaryMADE(nn.Module):
     def loss(self, batch: dict) -> dict:
         if self.training:
             self.made.next_training_mask()
-        nll = -self.log_prob(batch["x"]).mean()
-        return {"loss": nll, "bits_per_dim": nll.detach() / (self.made.in_features * math.log(2))}
+        return nll_loss(self, batch)
 
     @torch.no_grad()
     def sample(self, n: int, y=None, generator: torch.Generator | None = None, mask: int | None = None) -> torch.Tensor:
@@ -232,7 +232,6 @@ hooks = ImageHooks("made", build, log_prob_kwargs=_log_prob_kwargs)
 
 def evaluate(run_dir, options: MADEEvalOptions | None = None) -> dict:
     """Test NLL; ``--masks N`` scores the ensemble of N mask sets (default: those used in training)."""
-    from mlcanon.registry import config_of
     options = options or MADEEvalOptions()
     if not options.masks:
         options = dataclasses.replace(options, masks=config_of(run_dir, "made").num_masks)
