@@ -57,6 +57,9 @@ class DeepRLConfig(CommonConfig):
     eval_every: int = option(10_000, "env steps between greedy evaluations (0: only at the end)", min=0)
     eval_episodes: int = option(10, "episodes per evaluation (run in parallel)", min=1)
     target_return: float | None = option(None, "stop at the first evaluation whose mean return reaches this")
+    num_seeds: int = option(1, "independent seeds --seed, --seed + 1, ..., trained one after another in this "
+                               "process, each bitwise the single run with its seed (RUN_DIR/seeds/<run>/); "
+                               "curves_seeds.png draws their median and range", min=1)
 
     def check(self) -> None:
         if not self.hidden or any(h < 1 for h in self.hidden):
@@ -137,6 +140,9 @@ class Agent:
         """An agent from :meth:`save`'s folder or a run folder (``best`` weights, else the last checkpoint)."""
         from mlcanon import config as cfg
         from mlcanon import registry
+        children = seed_runs(path)
+        if children and not (Path(path) / "checkpoint.safetensors").exists():
+            return cls.load(children[0], tag, device)   # a --num-seeds run: the first seed's agent
         data = read_config(path)
         registry.get(data["algorithm"])               # imports the agent's module
         klass = AGENTS.get(data["algorithm"])
@@ -212,8 +218,77 @@ def episode_metrics(info: dict) -> dict[str, float | None]:
             "rollout/episode_length": float(np.mean(info["episode_length"]))}
 
 
+def seed_runs(run_dir: str | Path) -> list[Path]:
+    """The per-seed run folders of a ``--num-seeds`` run, by seed."""
+    d = Path(run_dir) / "seeds"
+    if not d.is_dir():
+        return []
+    runs = [p for p in d.iterdir() if (p / "config.json").is_file()]
+    return sorted(runs, key=lambda p: read_config(p)["config"]["seed"])
+
+
+def train_seeds(cls: type[Agent], config: DeepRLConfig, run: Run | None = None) -> dict:
+    """``--num-seeds N``: seeds seed..seed+N-1 one after another, each a complete run in RUN_DIR/seeds/ (so seed i is
+    bitwise the run ``--seed seed+i``); on ``--resume`` finished seeds are read back and the others resumed."""
+    run = Run.start(cls.name, config, run)
+    done = {read_config(p)["config"]["seed"]: p for p in seed_runs(run.dir)}
+    results = []
+    for seed in range(config.seed, config.seed + config.num_seeds):
+        child_cfg = dataclasses.replace(config, seed=seed, num_seeds=1, out_dir=str(run.dir / "seeds"))
+        child = done.get(seed)
+        if child is not None and (child / "result.json").is_file():
+            results.append(json.loads((child / "result.json").read_text()))
+            continue
+        child_run = Run.reopen(child)[0] if child is not None else None
+        r = train_agent(cls, child_cfg, child_run)
+        results.append({k: v for k, v in r.items() if k != "agent"})
+    solved = [r["solved_step"] for r in results]
+    best = [r["best_eval_return"] for r in results]
+    result = {"run_dir": str(run.dir), "seeds": list(range(config.seed, config.seed + config.num_seeds)),
+              "solved_steps": solved, "best_eval_returns": best,
+              "best_eval_return_median": float(np.median(best)) if None not in best else None,
+              "solved_step_median": float(np.median(solved)) if None not in solved else None}
+    _plot_seeds(run.dir)
+    return run.finish(result, step=0)
+
+
+def _plot_seeds(run_dir: Path) -> None:
+    """curves_seeds.png: median and range over seeds of eval/return_mean and rollout/episode_return."""
+    import matplotlib
+
+    from mlcanon.runs import read_metrics
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, key in zip(axes, ("eval/return_mean", "rollout/episode_return")):
+        series = [{r["step"]: r[key] for r in read_metrics(p) if key in r} for p in seed_runs(run_dir)]
+        steps = sorted(set().union(*series)) if series else []
+        if not steps:
+            continue
+        vals = np.array([[sr.get(t, np.nan) for t in steps] for sr in series], dtype=np.float64)
+        vals = np.array([_ffill(v) for v in vals])               # a seed that stopped early keeps its last value
+        ax.plot(steps, np.nanmedian(vals, 0), label=f"median of {len(series)} seeds")
+        ax.fill_between(steps, np.nanmin(vals, 0), np.nanmax(vals, 0), alpha=0.3, label="min-max")
+        ax.set_title(key)
+        ax.set_xlabel("env step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(Path(run_dir) / "curves_seeds.png", dpi=90)
+    plt.close(fig)
+
+
+def _ffill(v: np.ndarray) -> np.ndarray:
+    out = v.copy()
+    for i in range(1, len(out)):
+        if np.isnan(out[i]):
+            out[i] = out[i - 1]
+    return out
+
+
 def train_agent(cls: type[Agent], config: DeepRLConfig, run: Run | None = None) -> dict:
     """The body of every deep agent's ``train(config, run=None)``: run folder, learn, final evaluation."""
+    if config.num_seeds > 1:
+        return train_seeds(cls, config, run)
     run = Run.start(cls.name, config, run)
     agent = cls(config.env, config, device=run.device)
     out = agent.learn(config.total_steps, run)

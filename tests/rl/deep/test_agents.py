@@ -120,3 +120,25 @@ def test_reinforce_gaussian_policy_runs_on_pendulum():
                                           max_episode_steps=20, hidden=(8,)))
     out = agent.learn()
     assert out["step"] == 40 and agent.net.log_std.grad is not None
+
+
+def test_num_seeds_runs_each_seed_bitwise_as_its_single_run(tmp_path):
+    from safetensors.torch import load_file
+
+    from mlcanon.rl.agent import seed_runs
+    from mlcanon.rl.ppo import train
+    from mlcanon.runs import read_metrics
+    tiny = {"total_steps": 64, "num_envs": 2, "num_steps": 16, "update_epochs": 1, "minibatch_size": 32,
+            "eval_every": 32, "eval_episodes": 2, "max_episode_steps": 30, "hidden": (8,), "progress": False,
+            "device": "cpu"}
+    multi = train(PPOConfig(seed=3, num_seeds=2, out_dir=str(tmp_path / "multi"), **tiny))
+    single = train(PPOConfig(seed=4, out_dir=str(tmp_path / "single"), **tiny))
+    children = seed_runs(multi["run_dir"])
+    assert len(children) == 2 and multi["seeds"] == [3, 4]
+    a, b = load_file(str(children[1] / "checkpoint.safetensors")), load_file(str(
+        tmp_path / "single" / next(p.name for p in (tmp_path / "single").iterdir()) / "checkpoint.safetensors"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rs]
+    assert strip(read_metrics(children[1])) == strip(read_metrics(single["run_dir"]))
+    assert (tmp_path / "multi" / next(p.name for p in (tmp_path / "multi").iterdir()) / "curves_seeds.png").is_file()
+    assert type(Agent.load(multi["run_dir"])) is PPO
