@@ -29,7 +29,7 @@ from mlcanon.devices import resolve_device
 from mlcanon.errors import UserError
 from mlcanon.metrics.rl import mean_ci95
 from mlcanon.registry import EvalOptions, SampleOptions
-from mlcanon.rl.vec_env import evaluate_episodes, make_env, obs_shape_of
+from mlcanon.rl.vec_env import _encode, evaluate_episodes, make_env, obs_shape_of
 from mlcanon.runs import Run, load_checkpoint, read_config, save_checkpoint, seed_everything
 from mlcanon.training import Loop, TrainState
 
@@ -344,6 +344,7 @@ def rollouts(agent: Agent, episodes: int, seed: int, epsilon: float = 0.0, deter
     """
     rng = np.random.default_rng(seed)
     space = agent.action_space
+    space.seed(seed)                     # Box random actions come from the space's own generator
 
     def pol(o):
         a = agent.act(o, deterministic)
@@ -407,7 +408,7 @@ def _gif(run_dir: Path, out: Path, options: RLSampleOptions) -> Path:
     frames = [env.render()]
     done = False
     while not done and len(frames) < 2000:
-        obs, _, te, tr, _ = env.step(agent.act(obs, not options.stochastic).tolist())
+        obs, _, te, tr, _ = env.step(agent.act(_encode(env.observation_space, obs), not options.stochastic).tolist())
         frames.append(env.render())
         done = te or tr
     env.close()
