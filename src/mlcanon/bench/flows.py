@@ -96,8 +96,8 @@ def toy() -> list[Row]:
     return rows
 
 
-MNIST_CASES = [("realnvp", "--dataset mnist --epochs 10 --batch-size 64 --lr 1e-3 --max-grad-norm 100", 1.5),
-               ("glow", "--dataset mnist --epochs 10 --batch-size 64 --lr 1e-3 --max-grad-norm 100", 1.5)]
+MNIST_CASES = [("realnvp", "--dataset mnist --epochs 5 --batch-size 64 --lr 1e-3 --max-grad-norm 100", 1.5),
+               ("glow", "--dataset mnist --epochs 5 --batch-size 64 --lr 1e-3 --max-grad-norm 100", 1.5)]
 
 
 @bench("flows-mnist", suites=("full",), description="RealNVP / Glow MNIST test bits/dim (target <= 1.5 on CPU)")
