@@ -254,7 +254,11 @@ def _peer_all(peer, mdp: MDP, repeats: int, V_star: np.ndarray) -> dict:
                 if name == "PolicyIteration" and S > 5000:
                     out[name] = {"skipped": f"each iteration is a dense {S} x {S} LU ({S ** 3 / 3:.1e} flops)"}
                     continue
-                lb = _peer_probe(peer, name, P, R, g)
+                try:
+                    lb = _peer_probe(peer, name, P, R, g)
+                except TypeError as e:                            # GS's float(row @ V) on sparse rows
+                    out[name] = {"skipped": f"fails on sparse P with numpy {np.__version__} ({e})"}
+                    continue
                 if lb >= best:
                     what = "one sweep" if name == "ValueIterationGS" else (
                         "one dense policy evaluation" if name == "PolicyIteration" else "one dense P_pi")
@@ -323,10 +327,8 @@ def measure(repeats: int = 3, cases=None) -> list[Row]:
         mdp = build()
         stats: dict = {}
         t_solve, (V, pol) = _best(lambda m=mdp, st=stats: dp.solve(m, TOL, stats=st), repeats)
-        t_vi, tr = _best(lambda m=mdp: dp.value_iteration(m, TOL, return_trace=True), repeats)
         V_star, res_b, opt_b = reference_v_star(mdp, pol, direct)
         err = float(np.abs(V - V_star).max())
-        err_vi = float(np.abs(tr.V - V_star).max())
         ref_note = f"V* certified to {max(res_b, opt_b):.1e}"
         prof = _profile(mdp, V, stats)
         algo = ("policy iteration (LU solves)" if stats["solves"] and not stats["eval_sweeps"] else
@@ -338,13 +340,11 @@ def measure(repeats: int = 3, cases=None) -> list[Row]:
         if peer is None or not with_peer:
             why = "ours alone (the peer's constructors are O(S^2))" if peer is not None else peer_label
             rows.append(TargetRow(f"tabular-dp {label}: solve to 1e-6 (ms)", COMMAND, t_solve * 1e3, "ms",
-                                  None, why, higher_is_better=False, wall_s=None,
+                                  None, why, higher_is_better=False, wall_s=time.perf_counter() - t_start,
                                   notes=f"{ours_note}; {ref_note}; {load0}"))
-            rows.append(TargetRow(f"tabular-dp {label}: value_iteration to 1e-6 (ms)", COMMAND, t_vi * 1e3, "ms",
-                                  None, why, higher_is_better=False,
-                                  notes=f"{tr.n_sweeps} sweeps, max|V-V*| {err_vi:.1e}; {load0}"))
-            rows[-1].wall_s = rows[-2].wall_s = time.perf_counter() - t_start
             continue
+        t_vi, tr = _best(lambda m=mdp: dp.value_iteration(m, TOL, return_trace=True), repeats)
+        err_vi = float(np.abs(tr.V - V_star).max())
         peers = _peer_all(peer, mdp, repeats, V_star)
         ran = {k: v for k, v in peers.items() if "run" in v}
         best_name = min(ran, key=lambda k: ran[k]["run"])

@@ -438,6 +438,7 @@ _DIRECT_DENSE_MAX_S = 4096      # dense LU (S^3 / 3 flops) beyond this: keep ite
 _SMALL_DENSE_S = 256            # below this a dense solve is cheaper than a few sweeps: evaluate exactly at once
 _VI_FINISH = 50                 # value iteration goes on while its bound projects at most this many sweeps
 _EVAL_SWEEPS = 20               # partial evaluation sweeps per iteration of modified policy iteration
+_EXACT_AFTER = 200              # a stable policy whose evaluation projects more sweeps: one LU solve instead
 
 
 def _policy_rows(Pm, R: np.ndarray, pol: np.ndarray, term: np.ndarray, sparse: bool):
@@ -477,23 +478,29 @@ def _partial_evaluation(P_pi, r_pi: np.ndarray, g: float, term: np.ndarray, W: n
                         max_sweeps: int):
     """Iterate W <- T_pi W = r_pi + gamma P_pi W (the partial evaluation of Puterman sec. 6.5) until the midpoint
     of the Porteus bounds on V_pi (thm. 6.6.3 applied to T_pi) is within ``target`` of V_pi, at most
-    ``max_sweeps`` sweeps. Returns (W, sweeps, converged)."""
+    ``max_sweeps`` sweeps. Returns (W, sweeps, converged, projected sweeps still needed from the contraction
+    rate of the bound; 0 when converged)."""
     c = g / (1.0 - g)
     gP = P_pi * g                       # terminal rows of P_pi and entries of r_pi are 0: so is T_pi W there
+    first = None
     for j in range(1, max_sweeps + 1):
         TW = gP @ W
         TW += r_pi                      # T_pi W = r_pi + gamma P_pi W
         if j <= 4 or j % 4 == 0 or j == max_sweeps:              # (the bound costs a third of a sweep)
             _, bound, shift = _porteus(TW, W, c)
+            if first is None:
+                first = bound
             if bound <= target:
                 W = TW
                 break
         W = TW
-    if bound > target:
-        return W, j, False               # plain T_pi^j V, as MPI; the midpoint is only as good as its bound,
-    W = W + shift                        # which is loose while the chain mixes slowly (absorbing chains)
-    W[term] = 0.0                        # converged: the midpoint of the bounds on V_pi
-    return W, j, True
+    if bound > target:                  # plain T_pi^j V, as MPI; the midpoint is only as good as its bound,
+        rate = (bound / first) ** (1.0 / max(j - 1, 1)) if first > 0 else 1.0   # loose in absorbing chains
+        projected = np.log(target / bound) / np.log(rate) if 0 < rate < 1 else np.inf
+        return W, j, False, projected
+    W = W + shift                       # converged: the midpoint of the bounds on V_pi
+    W[term] = 0.0
+    return W, j, True, 0.0
 
 
 def solve(mdp: MDP, tol: float = 1e-6, max_iter: int = 10_000, stats: dict | None = None):
@@ -563,10 +570,10 @@ def _solve_discounted(mdp: MDP, tol: float, max_iter: int, st: dict):
                                 f"stays at {bound:.3g} for |V| ~ {np.abs(TV).max():.3g}); use a larger tol")
             P_pi, r_pi = _policy_rows(Pm, R, pol, term, sparse)
             if not exact:                                         # partial evaluation from T V_n (eq. 6.5.2)
-                V, n, done = _partial_evaluation(P_pi, r_pi, g, term, TV, target, _EVAL_SWEEPS)
+                V, n, done, left = _partial_evaluation(P_pi, r_pi, g, term, TV, target, _EVAL_SWEEPS)
                 st["eval_sweeps"] += n
-                # the policy held and its evaluation mixes slowly: evaluate it exactly (policy iteration)
-                exact = not done and stable and can_exact
+                # the policy held and its evaluation would take many more sweeps: evaluate it exactly
+                exact = not done and stable and can_exact and left > _EXACT_AFTER
             if exact:
                 V = _exact_evaluation(P_pi, r_pi, g, sparse)      # V_pi = (I - gamma P_pi)^{-1} r_pi
                 st["solves"] += 1
