@@ -27,7 +27,7 @@ GUIDANCE = (0.0, 1.0, 2.0, 4.0)
 
 def ddpm_mnist(device: str = "auto", steps: int = 6000, batch_size: int = 128, num_samples: int = NUM_SAMPLES,
                guidance=GUIDANCE, bound_examples: int = 256, out_dir: str | None = None, seed: int = 0,
-               log=print) -> dict:
+               log=print, extra_flags: tuple[str, ...] = ()) -> dict:
     """Train a class-conditional DDPM on MNIST for ``steps`` steps, then measure every figure of the table."""
     from mlcanon.config import build_config
     from mlcanon.generative.diffusion.ddpm import DDPMEvalOptions, bound_metrics, generate, load_model
@@ -38,8 +38,10 @@ def ddpm_mnist(device: str = "auto", steps: int = 6000, batch_size: int = 128, n
 
     algo = get("ddpm")
     flags = ["--dataset", "mnist", "--max-steps", str(steps), "--batch-size", str(batch_size), "--device", device,
-             "--seed", str(seed), "--progress", "false", "--lr-schedule", "cosine", "--out-dir", tempfile.mkdtemp()]
-    res: dict = {"command": "mlcanon train ddpm " + " ".join(f for f in flags if not f.startswith("/"))}
+             "--seed", str(seed), "--progress", "false", "--lr-schedule", "cosine", "--out-dir", tempfile.mkdtemp(),
+             *extra_flags]
+    shown = [f for i, f in enumerate(flags) if f != "--out-dir" and (i == 0 or flags[i - 1] != "--out-dir")]
+    res: dict = {"command": "mlcanon train ddpm " + " ".join(shown)}
     t0 = time.perf_counter()
     run_dir = algo.train(build_config(algo, flags))["run_dir"]
     res["train_s"] = time.perf_counter() - t0
