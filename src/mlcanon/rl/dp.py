@@ -506,13 +506,16 @@ def _partial_evaluation(P_pi, r_pi: np.ndarray, g: float, term: np.ndarray, W: n
 def solve(mdp: MDP, tol: float = 1e-6, max_iter: int = 10_000, stats: dict | None = None):
     """(V, policy) with max_s |V(s) - V*(s)| <= tol certified, by the fastest exact method here for the problem.
 
-    gamma < 1: modified policy iteration (Puterman sec. 6.5) whose evaluation step adapts to the problem:
-    iteration n takes the greedy policy pi_n of the last backup Q_n = r + gamma P V_n and evaluates it
-      - by partial evaluation sweeps V <- r_pi + gamma P_pi V (each A times cheaper than a backup: P_pi is one
-        row of P per state), moved to the midpoint of the Porteus bounds after each sweep, while they contract
-        fast (random, well-mixing MDPs: a handful of sweeps);
-      - exactly, V_pi = (I - gamma P_pi)^{-1} r_pi by a sparse or dense LU solve (policy iteration, Puterman
-        sec. 6.4, eq. 6.4.2), once they contract slowly (mazes, gamma near 1) or for tiny MDPs.
+    gamma < 1, three regimes, chosen as the iteration goes:
+      - value iteration V_{n+1} = T V_n (Puterman sec. 6.3) while the contraction rate of its error bound
+        projects at most ``_VI_FINISH`` more sweeps (fast-mixing MDPs, e.g. random ones: a handful of sweeps);
+      - otherwise modified policy iteration (Puterman sec. 6.5): the greedy policy pi_n of the last backup
+        Q_n = r + gamma P V_n is evaluated by up to ``_EVAL_SWEEPS`` partial evaluation sweeps
+        V <- r_pi + gamma P_pi V (each about A times cheaper than a backup: P_pi is one row of P per state;
+        slow-mixing MDPs such as mazes, gamma near 1);
+      - exact evaluation V_pi = (I - gamma P_pi)^{-1} r_pi by a sparse (SuperLU) or dense LU solve (policy
+        iteration, Puterman sec. 6.4, eq. 6.4.2) for tiny dense MDPs, and once the policy holds between two
+        backups while its partial evaluation projects more than ``_EXACT_AFTER`` sweeps.
     Every iteration ends with one Bellman optimality backup T V_n and stops by the MacQueen-Porteus bounds
     (Puterman thm. 6.6.3): TV + c min(TV - V) <= V* <= TV + c max(TV - V) with c = gamma / (1 - gamma); once
     c span(TV - V) / 2 <= tol the midpoint is returned, within tol of V* whatever the evaluation's round-off;
