@@ -235,5 +235,7 @@ def test_bad_input(grid):
         tl.Learner("dqn", grid, episodes=1)
     with pytest.raises(UserError, match="alpha"):
         tl.Learner("q-learning", grid, episodes=1, alpha=1.5)
+    with pytest.raises(UserError, match="--seed"):
+        tl.Learner("q-learning", grid, episodes=1, seed=-1)
     with pytest.raises(UserError, match="Discrete"):
         tl.Learner("q-learning", "CartPole-v1", episodes=1)

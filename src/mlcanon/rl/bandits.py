@@ -64,6 +64,8 @@ def testbed(runs: int, arms: int = 10, kind: str = "gaussian", seed: int = 0) ->
     is drawn from the PROBLEM stream of seed + i (so it is ``testbed(1, arms, kind, seed + i)``)."""
     if runs < 1 or arms < 1:
         raise UserError(f"need runs >= 1 and arms >= 1, got runs={runs}, arms={arms}")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0 (it seeds numpy's SeedSequence), got {seed}")
     gens = [generator(seed + i, PROBLEM) for i in range(runs)]
     means = np.stack([g.normal(0.0, 1.0, arms) if kind == "gaussian" else g.uniform(0.0, 1.0, arms) for g in gens])
     return BanditProblem(means, kind)

@@ -202,6 +202,8 @@ class Learner:
             raise UserError(f"unknown tabular method {method!r}; use one of {', '.join(METHODS)}")
         if episodes < 1 or num_seeds < 1 or max_episode_steps < 1 or n < 1:
             raise UserError("--episodes, --num-seeds, --max-episode-steps and --n must be >= 1")
+        if seed < 0:
+            raise UserError(f"--seed must be >= 0 (it seeds numpy's SeedSequence), got {seed}")
         if alpha is not None and not 0.0 < alpha <= 1.0:
             raise UserError(f"--alpha must be in (0, 1], got {alpha}")
         if alpha is None and method not in ("mc", "mc-prediction"):
