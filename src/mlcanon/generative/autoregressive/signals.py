@@ -55,11 +55,14 @@ def mu_law_decode(q: torch.Tensor, levels: int = 256) -> torch.Tensor:
 
 
 def plot_signals(samples: torch.Tensor, real: torch.Tensor | None, path: Path, title: str = "") -> Path:
-    """Samples (and real signals for comparison) as line plots, one row each."""
+    """Samples (the first 16) and real signals (the first 4) as line plots, one row each; every sample is also
+    written as an array [n, T] to the same path with suffix .npy."""
+    import numpy as np
+    np.save(Path(path).with_suffix(".npy"), samples.detach().cpu().numpy())
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [("sample", s) for s in samples] + ([("real", r) for r in real] if real is not None else [])
+    rows = [("sample", s) for s in samples[:16]] + ([("real", r) for r in real[:4]] if real is not None else [])
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.3 * len(rows)), sharex=True, squeeze=False)
     for ax, (label, s) in zip(axes[:, 0], rows):
         ax.plot(s.detach().cpu().numpy(), lw=0.8, color="C0" if label == "sample" else "C1")
