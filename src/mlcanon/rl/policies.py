@@ -60,8 +60,9 @@ class ActorCritic(nn.Module):
         """pi(.|s) for a batch of observations [B, obs_dim]."""
         out = self.actor(obs)
         if self.discrete:
-            return Categorical(logits=out)                              # softmax policy
-        return Independent(Normal(out, self.log_std.exp().expand_as(out)), 1)   # N(mu(s), diag sigma^2)
+            return Categorical(logits=out, validate_args=False)         # softmax policy
+        return Independent(Normal(out, self.log_std.exp().expand_as(out), validate_args=False), 1,
+                           validate_args=False)                   # N(mu(s), diag sigma^2)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(s) [B]."""
