@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlcanon.bench.tabular import maze_mdp
+from mlcanon.bench.tabular import TargetRow, maze_mdp, reference_v_star
 from mlcanon.errors import UserError
 from mlcanon.registry import _REGISTRY
 from mlcanon.rl import dp, mdp_solve
@@ -216,3 +216,21 @@ def test_mdp_solve_cli_entry(tmp_runs):
     ev = algo.evaluate(r["run_dir"], algo.eval_options(episodes=200))
     assert 0.6 < ev["eval/return_mean"] < 0.9                        # slippery FrozenLake: optimum ~0.74
     assert algo.sample(r["run_dir"], 5).exists()
+
+
+def test_bench_maze_and_reference_v_star():
+    m = maze_mdp(12, 0.99, seed=0)
+    S = m.num_states
+    G = (m.P_matrix().toarray().reshape(S, 4, S).sum(1) > 0)
+    np.fill_diagonal(G, False)
+    G[S - 1] = G[:, S - 1]                                          # the goal absorbs: use its incoming edges
+    assert G.sum() == 2 * (S - 1) and np.array_equal(G, G.T)        # a perfect maze: a spanning tree
+    V_star = _v_star(m)
+    assert np.all(V_star[:-1] < 0) and V_star[-1] == 0
+    V_ref, res, opt = reference_v_star(m, np.zeros(S, dtype=np.int64), direct=True)   # from a bad policy
+    assert np.abs(V_ref - V_star).max() <= 1e-9 and res < 1e-9 and opt < 1e-9
+    row = TargetRow("x", "cmd", 10.0, "ms", 60.0, "peer", higher_is_better=False, target=5.0, accurate=True)
+    assert row.ratio == 6.0 and row.met
+    assert not TargetRow("x", "cmd", 20.0, "ms", 60.0, "peer", higher_is_better=False, target=5.0).met
+    assert not TargetRow("x", "cmd", 1.0, "ms", 60.0, "peer", higher_is_better=False, target=5.0,
+                         accurate=False).met                        # fast but not within tol: not met
