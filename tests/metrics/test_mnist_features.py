@@ -68,8 +68,10 @@ def test_features_shape_determinism_and_batching(mnist):
     # full-rank covariance (what FID needs): smallest eigenvalue well above round-off
     lam = np.linalg.eigvalsh(np.cov(f.double().numpy(), rowvar=False))
     assert lam.min() > 1e-6 * lam.max()
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="shape"):
         mf.mnist_features(torch.zeros(3, 3, 28, 28))
+    with pytest.raises(UserError, match="rescale"):
+        mf.mnist_features(mnist["xte"][:4] * 2 - 1)    # [-1, 1] data
 
 
 def test_label_accuracy_of_real_digits(mnist):

@@ -109,7 +109,11 @@ def _check_images(x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(1)
     if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
         raise UserError(f"MNIST metrics need images of shape [N, 1, 28, 28], got {tuple(x.shape)}")
-    return x.detach().float().cpu()
+    x = x.detach().float().cpu()
+    if len(x) and (float(x.min()) < -0.5 or float(x.max()) > 1.5):   # a common slip: [-1, 1] or [0, 255] data
+        raise UserError(f"MNIST metrics need pixels in [0, 1], got values in [{float(x.min()):.3g}, "
+                        f"{float(x.max()):.3g}]: rescale the samples first")
+    return x
 
 
 @torch.no_grad()
@@ -158,7 +162,11 @@ def _features_of(images_or_split, data_dir=None) -> torch.Tensor:
 
 
 def mnist_fid(samples: torch.Tensor, reference: str | torch.Tensor = "test", data_dir: str | None = None) -> float:
-    """FID between ``samples`` and an MNIST split (or a second image tensor) in the fixed 64-d features."""
+    """FID between ``samples`` and an MNIST split (or a second image tensor) in the fixed 64-d features.
+
+    FID is biased upward at small sample sizes: compare figures computed on the same number of samples (the
+    reference table in docs/BENCHMARKS.md uses 10,000 against the 10,000 test images).
+    """
     return sq.fid_from_features(mnist_features(samples), _features_of(reference, data_dir))
 
 
