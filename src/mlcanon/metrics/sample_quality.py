@@ -113,9 +113,9 @@ def kernel_inception_distance(f1, f2, num_subsets: int = 100, subset_size: int =
 
 # ------------------------------------------------------------------------------- precision / recall
 def _sq_dists(A: torch.Tensor, B: torch.Tensor, chunk: int):
-    """Squared Euclidean distances |a|^2 + |b|^2 - 2 a.b in float64, in row chunks of A (a matrix product: 10k x 10k
-    takes seconds, not minutes as exact differences do). The same call on the same rows gives the same bits, so a set compared with
-    itself sees the same self-distances as its radii."""
+    """Squared Euclidean distances |a|^2 + |b|^2 - 2 a.b in float64, in row chunks of A (a matrix product:
+    10k x 10k takes seconds, not the minutes of exact differences). The same call on the same rows gives the
+    same bits, so a set compared with itself sees the same self-distances as its radii."""
     nb = (B * B).sum(1)
     for i in range(0, len(A), chunk):
         a = A[i:i + chunk]
