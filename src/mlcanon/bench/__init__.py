@@ -14,6 +14,7 @@ from collections.abc import Callable
 _MODULES = [
     "mlcanon.bench.classifier",
     "mlcanon.bench.deep_rl",
+    "mlcanon.bench.diffusion",
     "mlcanon.bench.flows",
     "mlcanon.bench.metrics",
     "mlcanon.bench.supervised_tasks",
