@@ -257,3 +257,29 @@ def test_per_example_logdet_is_one_value_per_example():
     _, ld = L.Affine((3,))(torch.randn(7, 3))
     assert ld.shape == (7,)
     assert math.isclose(float(ld[0].detach()), 0.0)
+
+
+@settings(max_examples=8, deadline=None)
+@given(c=st.sampled_from([2, 4]), h=st.sampled_from([2, 4]), w=st.sampled_from([2, 4]), batch=st.integers(1, 3),
+       seed=st.integers(0, 10_000),
+       kind=st.sampled_from(["squeeze", "checkerboard", "channel", "actnorm", "conv1x1-lu", "bn"]))
+def test_image_layers_property(c, h, w, batch, seed, kind):
+    torch.manual_seed(seed)
+    x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(seed))
+    if kind == "squeeze":
+        layer = L.Squeeze()
+    elif kind == "checkerboard":
+        layer = perturb(AffineCoupling(checkerboard_mask(h, w, seed % 2), ConvNet(c, 4, 2), c), 0.3, seed)
+    elif kind == "channel":
+        layer = perturb(AffineCoupling(channel_mask(c, seed % 2), ConvNet(c, 4, 2), c), 0.3, seed)
+    elif kind == "actnorm":
+        layer = L.ActNorm(c)
+        layer(torch.randn(4, c, h, w) * 2 + 1)
+        layer = perturb(layer, 0.3, seed)
+    elif kind == "conv1x1-lu":
+        layer = perturb(L.InvConv1x1(c, lu=True), 0.3, seed)
+    else:
+        layer = L.BatchNormFlow(c)
+        layer(torch.randn(8, c, h, w) * 3)
+        layer = perturb(layer, 0.3, seed).eval()
+    check_bijection(layer, x, tol_scale=10.0)
