@@ -20,7 +20,8 @@ def test_uniform_model_is_8_bits_per_dim_on_any_scale():
     # a uniform density on the data interval gives every 8-bit image probability 256^-D: exactly 8 bits/dim
     D = 784
     assert L.bits_per_dim(0.0, D) == pytest.approx(8.0, rel=1e-14)                        # [0, 1]: density 1
-    assert L.bits_per_dim(D * math.log(2.0), D, data_range=2.0) == pytest.approx(8.0, rel=1e-14)  # [-1, 1]: 2^-D
+    # [-1, 1]: density 2^-D
+    assert L.bits_per_dim(D * math.log(2.0), D, data_range=2.0) == pytest.approx(8.0, rel=1e-14)
     assert L.bits_per_dim(D * math.log(256.0), D, data_range=256.0) == pytest.approx(8.0, rel=1e-14)
     assert L.bits_per_dim(0.0, 3, bits=5) == pytest.approx(5.0, rel=1e-14)
 
@@ -116,7 +117,7 @@ class LinearGaussian:
         return z @ self.W.T + self.b + self.s * torch.randn(n, self.D, generator=g, dtype=torch.float64)
 
     def log_w_fn(self, widen: float, g):
-        """Proposal q(z|x) = N(posterior mean, widen^2 * posterior covariance); log w = log p(x,z) - log q(z|x)."""
+        """q(z|x) = N(posterior mean, widen^2 posterior covariance); log w = log p(x, z) - log q(z|x)."""
         C = widen * torch.linalg.cholesky(self.post_cov)                        # q's covariance = C C^T
         log_det_C = float(torch.log(torch.diagonal(C)).sum())
         half_log_2pi = 0.5 * math.log(2 * math.pi)
@@ -149,7 +150,7 @@ def test_iwae_rises_with_k_toward_log_px():
     fn = m.log_w_fn(w, g)
     gaps = [float((exact - L.iwae_log_prob(fn, x, k=k, chunk=500)).mean()) for k in (1, 10, 100, 5000)]
     # k = 1 is the ELBO: gap = KL(q || p(z|x)) = d/2 (w^2 - 1 - ln w^2); log w = const - (w^2 - 1)|e|^2 / 2
-    # with |e|^2 ~ chi^2_2, so one draw has sd (w^2 - 1) and the mean over N examples 4 standard errors of slack
+    # with |e|^2 ~ chi^2_2, so one draw has sd (w^2 - 1); the mean over N examples gets 4 standard errors
     kl = w**2 - 1 - math.log(w**2)
     assert gaps[0] == pytest.approx(kl, abs=4 * (w**2 - 1) / math.sqrt(N))
     # later gaps ~ Var(w)/(2k), Var(w) = w^(2d)/(2w^2 - 1)^(d/2) - 1 = 2.4: 0.12, 0.012, 2.4e-4; the standard

@@ -125,7 +125,7 @@ def test_inception_fid_needs_user_weights(tmp_path, mnist):
 
 @pytest.mark.slow
 def test_training_command_reproduces_the_accuracy(tmp_path, mnist):
-    # the shipping command, end to end (about 8 CPU-minutes): >= 99.3% test accuracy, loadable without the hash
+    # the shipping command end to end (about 8 CPU-minutes): >= 99.3% test accuracy, loadable without the hash
     from mlcanon.metrics.train_feature_net import main
 
     out = tmp_path / "retrained.safetensors"

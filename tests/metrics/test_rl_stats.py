@@ -38,7 +38,7 @@ def test_stratified_bootstrap_keeps_tasks_apart():
 
 
 def test_stratified_bootstrap_matches_normal_theory_for_a_mean():
-    # one task, n = 400 normal scores: the percentile interval of the mean ~ mean +- 1.96 s sqrt((n-1)/n)/sqrt(n)
+    # one task, n = 400 normal scores: the percentile interval of the mean ~ mean +- 1.96 s_(ddof=0) / sqrt(n)
     rng = np.random.default_rng(1)
     x = rng.normal(3.0, 2.0, size=400)
     point, lo, hi = rl.stratified_bootstrap_ci(x, statistic=np.mean, reps=4000, seed=2)
@@ -48,8 +48,8 @@ def test_stratified_bootstrap_matches_normal_theory_for_a_mean():
     assert lo == pytest.approx(x.mean() - half, abs=0.12 * half)
     assert hi == pytest.approx(x.mean() + half, abs=0.12 * half)
     # same seed, same interval; vector statistics give vector intervals
-    assert rl.stratified_bootstrap_ci(x, np.mean, reps=200, seed=3) == rl.stratified_bootstrap_ci(x, np.mean,
-                                                                                                  reps=200, seed=3)
+    once, twice = (rl.stratified_bootstrap_ci(x, np.mean, reps=200, seed=3) for _ in range(2))
+    assert once == twice
     p, lo2, hi2 = rl.stratified_bootstrap_ci(x, lambda s: rl.performance_profile(s, [2.0, 3.0]), reps=200)
     assert p.shape == lo2.shape == hi2.shape == (2,) and np.all(lo2 <= p) and np.all(p <= hi2)
 
@@ -65,7 +65,7 @@ def test_steps_to_threshold_hand():
     steps = [10, 20, 30, 40]
     returns = [0.0, 5.0, 3.0, 8.0]
     assert rl.steps_to_threshold(steps, returns, 5.0) == 20
-    assert rl.steps_to_threshold(steps, returns, 5.0, window=2) == 40           # trailing means -, 2.5, 4, 5.5
+    assert rl.steps_to_threshold(steps, returns, 5.0, window=2) == 40    # trailing means -, 2.5, 4, 5.5
     assert rl.steps_to_threshold(steps, returns, 9.0) == np.inf
     runs = np.array([returns, [6.0, 6.0, 6.0, 6.0], [0.0, 0.0, 0.0, 0.0]])
     np.testing.assert_array_equal(rl.steps_to_threshold(steps, runs, 5.0), [20, 10, np.inf])

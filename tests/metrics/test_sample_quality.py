@@ -36,7 +36,8 @@ def test_frechet_distance_matches_scipy_formula(d):
     mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
     S1, S2 = random_cov(rng, d), random_cov(rng, d, cond=10.0)
     # pytorch-fid's formula: tr sqrtm(S1 S2) with scipy's Schur-based square root of the non-symmetric product
-    ref = ((mu1 - mu2) ** 2).sum() + np.trace(S1) + np.trace(S2) - 2 * np.trace(scipy.linalg.sqrtm(S1 @ S2).real)
+    tr_sqrt = np.trace(scipy.linalg.sqrtm(S1 @ S2).real)
+    ref = ((mu1 - mu2) ** 2).sum() + np.trace(S1) + np.trace(S2) - 2 * tr_sqrt
     scale = np.trace(S1) + np.trace(S2)
     assert sq.frechet_distance(mu1, S1, mu2, S2) == pytest.approx(ref, rel=0, abs=1e4 * d * EPS64 * scale)
     assert sq.frechet_distance(mu1, S1, mu2, S2) == pytest.approx(sq.frechet_distance(mu2, S2, mu1, S1),
@@ -80,7 +81,9 @@ def test_fid_from_features_properties():
 
 # --------------------------------------------------------------------------------------------- KID
 def brute_mmd2(X, Y):
-    k = lambda a, b: (sum(ai * bi for ai, bi in zip(a, b)) / len(a) + 1) ** 3
+    def k(a, b):                                   # (a.b / d + 1)^3, one product at a time
+        return (sum(ai * bi for ai, bi in zip(a, b)) / len(a) + 1) ** 3
+
     m, n = len(X), len(Y)
     xx = sum(k(X[i], X[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     yy = sum(k(Y[i], Y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
@@ -111,7 +114,8 @@ def test_kid_unbiased_near_zero_for_same_distribution_and_positive_for_shift():
 # ------------------------------------------------------------------------------- precision / recall
 def brute_coverage(support, queries, k):
     n = len(support)
-    radii = [sorted(np.linalg.norm(support[i] - support[j]) for j in range(n) if j != i)[k - 1] for i in range(n)]
+    radii = [sorted(np.linalg.norm(support[i] - support[j]) for j in range(n) if j != i)[k - 1]
+             for i in range(n)]
     return np.mean([any(np.linalg.norm(q - support[i]) <= radii[i] for i in range(n)) for q in queries])
 
 

@@ -67,16 +67,20 @@ def metrics_mnist() -> list[Row]:
     feat = f"features {FEATURE_NET_ID}; 10k images each (train: first 10k of the train split)"
 
     def row(name, ours, unit="", reference=None, label="", higher=True, notes=""):
-        return Row(name=name, command=COMMAND, ours=ours, unit=unit, reference=reference, reference_label=label,
-                   higher_is_better=higher, wall_s=wall, notes=f"{notes}; {feat}" if notes else feat)
+        return Row(name=name, command=COMMAND, ours=ours, unit=unit, reference=reference,
+                   reference_label=label, higher_is_better=higher, wall_s=wall,
+                   notes=f"{notes}; {feat}" if notes else feat)
 
     return [
         row("FID(train, test)", f["fid_train_test"], reference=f["fid_test_blur"],
-            label="FID(test, blurred test)", higher=False, notes="real vs real: must be below the blurred row"),
+            label="FID(test, blurred test)", higher=False,
+            notes="real vs real: must be below the blurred row"),
         row("FID(test, blurred test)", f["fid_test_blur"], reference=f["fid_test_noise"],
-            label="FID(test, uniform noise)", higher=False, notes="Gaussian blur sigma 1 px: below the noise row"),
+            label="FID(test, uniform noise)", higher=False,
+            notes="Gaussian blur sigma 1 px: below the noise row"),
         row("FID(test, uniform noise)", f["fid_test_noise"], notes="U[0,1) pixels, seed 0"),
-        row("KID(train, test)", f["kid_train_test"], reference=f["kid_test_blur"], label="KID(test, blurred test)",
+        row("KID(train, test)", f["kid_train_test"], reference=f["kid_test_blur"],
+            label="KID(test, blurred test)",
             higher=False, notes=f"unbiased MMD^2, kernel (x.y/64 + 1)^3, 20 subsets of 1000 (sd over subsets "
                                 f"{f['kid_train_test_sd']:.3g}: 0 within its spread)"),
         row("precision(test vs test)", f["precision_self"], reference=1.0, label="exact", notes="k = 3"),

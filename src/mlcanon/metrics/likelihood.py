@@ -11,9 +11,9 @@ so ``NLL_discrete <= NLL_continuous + D ln(256 / (hi - lo))`` and, for data scal
 
     bpd = (NLL_continuous + D ln 256) / (D ln 2).
 
-With a logit pre-processing ``z = logit(alpha + (1 - 2 alpha) y)`` (RealNVP, Dinh et al. 2017, section 4.1) the
-model's density is on z, and ``log p(y) = log p(z) + sum_i log |dz_i / dy_i|``: :func:`logit_transform` returns
-that log-det, to be added before converting.
+With a logit pre-processing ``z = logit(alpha + (1 - 2 alpha) y)`` (RealNVP, Dinh et al. 2017, section 4.1)
+the model's density is on z, and ``log p(y) = log p(z) + sum_i log |dz_i / dy_i|``: :func:`logit_transform`
+returns that log-det, to be added before converting.
 """
 
 from __future__ import annotations
@@ -45,16 +45,17 @@ def dequantization_offset(num_dims: int, bits: int = 8, data_range: float = 1.0)
     _check_dims(num_dims)
     if bits < 1 or data_range <= 0:
         raise ValueError(f"bits must be >= 1 and data_range > 0, got {bits}, {data_range}")
-    return num_dims * (bits * LN2 - math.log(data_range))   # change of variables y -> x + u: |dy/dz| = range/2^bits
+    # change of variables from y to z = x + u in [0, 2^bits): |dy/dz| = range / 2^bits per dimension
+    return num_dims * (bits * LN2 - math.log(data_range))
 
 
 def discrete_nll(nll_continuous, num_dims: int, bits: int = 8, data_range: float = 1.0):
-    """Upper bound (nats per example) on the NLL of the discrete data: NLL_continuous + D ln(2^bits / range)."""
+    """Upper bound (nats per example) on the discrete data's NLL: NLL_continuous + D ln(2^bits / range)."""
     return nll_continuous + dequantization_offset(num_dims, bits, data_range)
 
 
 def bits_per_dim(nll_continuous, num_dims: int, bits: int = 8, data_range: float = 1.0):
-    """bpd = (NLL_continuous + D ln(2^bits / range)) / (D ln 2); for [0, 1] data (NLL + D ln 256) / (D ln 2)."""
+    """bpd = (NLL_continuous + D ln(2^bits / range)) / (D ln 2); on [0, 1]: (NLL + D ln 256) / (D ln 2)."""
     return nats_to_bits_per_dim(discrete_nll(nll_continuous, num_dims, bits, data_range), num_dims)
 
 
@@ -116,7 +117,8 @@ def iwae_log_prob(sample_log_w_fn: Callable[[torch.Tensor, int], torch.Tensor], 
         n = min(chunk, k - done)
         lw = sample_log_w_fn(x, n)
         if lw.ndim != 2 or lw.shape[0] != n:
-            raise ValueError(f"sample_log_w_fn(x, {n}) must return [{n}, B] log-weights, got {tuple(lw.shape)}")
+            raise ValueError(f"sample_log_w_fn(x, {n}) must return [{n}, B] log-weights, "
+                             f"got {tuple(lw.shape)}")
         dtype = lw.dtype
         acc.add(lw.double(), 0)
         done += n

@@ -9,10 +9,11 @@ sha256 (a retrain on another CPU may differ in the last bits, so the hash, not t
 network). Features are the 64-d embedding *before* its ReLU, so their covariance is full rank with a few
 thousand samples (FID needs an invertible-ish covariance; post-ReLU features have dead units).
 
-API: :func:`load_feature_net`, :func:`mnist_features` ([N, 1, 28, 28] in [0, 1] -> [N, 64]), :func:`mnist_probs`,
-:func:`mnist_fid`, :func:`mnist_precision_recall`, :func:`mnist_kid`, :func:`mnist_inception_score`
-(IS on the fixed classifier's posteriors), :func:`label_accuracy`, and :data:`FEATURE_NET_ID` for report
-rows. Inception FID (:func:`inception_fid`) runs only on Inception weights the user supplies as a file.
+API: :func:`load_feature_net`, :func:`mnist_features` ([N, 1, 28, 28] in [0, 1] -> [N, 64]),
+:func:`mnist_probs`, :func:`mnist_fid`, :func:`mnist_precision_recall`, :func:`mnist_kid`,
+:func:`mnist_inception_score` (IS on the fixed classifier's posteriors), :func:`label_accuracy`, and
+:data:`FEATURE_NET_ID` for report rows. Inception FID (:func:`inception_fid`) runs only on Inception
+weights the user supplies as a file.
 """
 
 from __future__ import annotations
@@ -85,13 +86,13 @@ def load_feature_net(path: str | Path | None = None, expected_sha256: str | None
     """
     path = Path(path) if path is not None else WEIGHTS_FILE
     if not path.is_file():
-        raise UserError(f"MNIST feature network weights not found at {path}; reinstall mlcanon or rebuild them "
-                        f"with `{COMMAND}`")
+        raise UserError(f"MNIST feature network weights not found at {path}; reinstall mlcanon or rebuild "
+                        f"them with `{COMMAND}`")
     if expected_sha256 is not None:
         got = file_sha256(path)
         if got != expected_sha256:
-            raise UserError(f"{path} has sha256 {got}, expected {expected_sha256}: the MNIST feature network is "
-                            "not the shipped one, so its FIDs would not be comparable; reinstall mlcanon")
+            raise UserError(f"{path} has sha256 {got}, expected {expected_sha256}: the MNIST feature network "
+                            "is not the shipped one, so its FIDs would not be comparable; reinstall mlcanon")
     net = FeatureNet()
     net.load_state_dict(load_file(str(path)))
     return net.eval()
@@ -147,8 +148,9 @@ def mnist_features_and_probs(x: torch.Tensor, net: FeatureNet | None = None,
 
 
 @functools.lru_cache(maxsize=4)
-def reference_features(reference: str = "test", data_dir: str | None = None, n: int | None = None) -> torch.Tensor:
-    """Features of MNIST split ``reference`` ("train" | "valid" | "test"), first ``n`` images (all if None)."""
+def reference_features(reference: str = "test", data_dir: str | None = None,
+                       n: int | None = None) -> torch.Tensor:
+    """Features of MNIST split ``reference`` ("train" | "valid" | "test"); its first ``n`` images if given."""
     from mlcanon.data import load
 
     x = load("mnist", split=reference, data_dir=data_dir).x
@@ -161,7 +163,8 @@ def _features_of(images_or_split, data_dir=None) -> torch.Tensor:
     return mnist_features(images_or_split)
 
 
-def mnist_fid(samples: torch.Tensor, reference: str | torch.Tensor = "test", data_dir: str | None = None) -> float:
+def mnist_fid(samples: torch.Tensor, reference: str | torch.Tensor = "test",
+              data_dir: str | None = None) -> float:
     """FID between ``samples`` and an MNIST split (or a second image tensor) in the fixed 64-d features.
 
     FID is biased upward at small sample sizes: compare figures computed on the same number of samples (the
@@ -173,7 +176,8 @@ def mnist_fid(samples: torch.Tensor, reference: str | torch.Tensor = "test", dat
 def mnist_kid(samples: torch.Tensor, reference: str | torch.Tensor = "test", data_dir: str | None = None,
               **kid_options) -> tuple[float, float]:
     """KID (mean, std over subsets) between ``samples`` and a reference, in the fixed features."""
-    return sq.kernel_inception_distance(mnist_features(samples), _features_of(reference, data_dir), **kid_options)
+    return sq.kernel_inception_distance(mnist_features(samples), _features_of(reference, data_dir),
+                                        **kid_options)
 
 
 def mnist_precision_recall(samples: torch.Tensor, reference: str | torch.Tensor = "test",
@@ -207,8 +211,8 @@ def inception_features(images: torch.Tensor, weights: str | Path | None = None,
     """
     if weights is None:
         raise UserError("Inception FID needs Inception-v3 weights supplied as a file (a TorchScript "
-                        "inception-2015-12-05.pt, as used by StyleGAN2-ADA and clean-fid); mlcanon ships none. "
-                        "Use mnist_fid for MNIST, or pass weights=PATH")
+                        "inception-2015-12-05.pt, as used by StyleGAN2-ADA and clean-fid); mlcanon ships "
+                        "none. Use mnist_fid for MNIST, or pass weights=PATH")
     path = Path(weights)
     if not path.is_file():
         raise UserError(f"Inception weights file {path} not found")
@@ -224,5 +228,5 @@ def inception_features(images: torch.Tensor, weights: str | Path | None = None,
 
 
 def inception_fid(samples: torch.Tensor, reference: torch.Tensor, weights: str | Path | None = None) -> float:
-    """FID in Inception-v3 features (Heusel et al. 2017), from user-supplied weights (see inception_features)."""
+    """FID in Inception-v3 features (Heusel et al. 2017) from user-supplied weights (inception_features)."""
     return sq.fid_from_features(inception_features(samples, weights), inception_features(reference, weights))

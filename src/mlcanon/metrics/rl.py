@@ -69,7 +69,8 @@ def performance_profile(scores, taus) -> np.ndarray:
     if x.ndim == 1:
         x = x[:, None]
     taus = np.asarray(taus, dtype=np.float64)
-    return (x[None, :, :] > taus.reshape(-1, 1, 1)).mean(axis=1).mean(axis=1)   # (1/T) sum_m (1/R) sum_r 1[x > tau]
+    # (1/T) sum_m (1/R) sum_r 1[x_rm > tau]
+    return (x[None, :, :] > taus.reshape(-1, 1, 1)).mean(axis=1).mean(axis=1)
 
 
 def trailing_mean(values, window: int) -> np.ndarray:

@@ -53,7 +53,8 @@ def train(epochs: int = 6, batch_size: int = 128, lr: float = 3e-3, seed: int = 
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(tr.x) / batch_size)
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))  # cosine
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))   # cosine: lr factor from 1 to 0
     t0 = time.perf_counter()
     for epoch in range(epochs):
         net.train()
@@ -69,13 +70,15 @@ def train(epochs: int = 6, batch_size: int = 128, lr: float = 3e-3, seed: int = 
             loss_sum += float(loss.detach()) * len(idx)
         log(f"epoch {epoch + 1}/{epochs}: train loss {loss_sum / len(perm):.4f}, "
             f"valid accuracy {100 * accuracy(net, va.x, va.targets):.2f}%, {time.perf_counter() - t0:.0f} s")
-    info = {"valid_accuracy": accuracy(net, va.x, va.targets), "test_accuracy": accuracy(net, te.x, te.targets),
+    info = {"valid_accuracy": accuracy(net, va.x, va.targets),
+            "test_accuracy": accuracy(net, te.x, te.targets),
             "wall_s": time.perf_counter() - t0, "epochs": epochs, "seed": seed}
     return net.eval(), info
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mlcanon.metrics.train_feature_net", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mlcanon.metrics.train_feature_net",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(WEIGHTS_FILE), help="where to write the safetensors file")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
@@ -88,7 +91,8 @@ def main(argv=None) -> int:
     tmp = out.with_suffix(".tmp")
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(tmp), metadata={"name": "mnist-features-v1", "seed": str(ns.seed),
-                                         "epochs": str(ns.epochs), "test_accuracy": f"{info['test_accuracy']:.4f}"})
+                                         "epochs": str(ns.epochs),
+                                         "test_accuracy": f"{info['test_accuracy']:.4f}"})
     tmp.replace(out)
     print(f"test accuracy {100 * info['test_accuracy']:.2f}% (valid {100 * info['valid_accuracy']:.2f}%), "
           f"{info['wall_s']:.0f} s; wrote {out}, sha256 {file_sha256(out)}")
