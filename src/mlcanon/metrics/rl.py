@@ -1,8 +1,15 @@
-"""RL statistics over runs and episodes (one implementation each; DESIGN.md section 8)."""
+"""RL statistics over runs and episodes (one implementation each; DESIGN.md section 8).
+
+``mean_ci95`` (Student-t interval of the mean), ``iqm`` (interquartile mean), ``stratified_bootstrap_ci``
+(percentile intervals resampling runs within tasks), ``performance_profile`` (run-score distribution) -- the
+last three as in rliable (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice") -- and
+``steps_to_threshold`` / ``episodes_to_threshold`` read off learning curves.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import t as student_t
 
 
 def mean_ci95(x, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -10,8 +17,6 @@ def mean_ci95(x, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
     half = t_{0.975, n-1} * s / sqrt(n), s the sample standard deviation (ddof=1); NaN when n < 2.
     """
-    from scipy.stats import t as student_t
-
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[axis]
     mean = x.mean(axis)
