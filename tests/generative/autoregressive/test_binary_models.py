@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from mlcanon.generative.autoregressive.binary_images import bits_per_dim
 from mlcanon.generative.autoregressive.fvsbn import FVSBN
 from mlcanon.generative.autoregressive.made import MADE, BinaryMADE
 from mlcanon.generative.autoregressive.nade import NADE
@@ -83,6 +84,7 @@ def test_log_prob_sums_to_one_over_all_binary_inputs(name):
         else:
             lp = model.log_prob(xs)
             assert abs(float(torch.logsumexp(lp, 0))) < 1e-10   # sum_x p(x) = 1 (float64 arithmetic)
+            assert torch.allclose(bits_per_dim(model, xs), -lp / (9 * math.log(2)))
             assert lp.std() > 0.5                                 # and it is not uniform
 
 

@@ -56,13 +56,18 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return lp.reshape(B, -1).sum(-1)
 
 
+def bits_per_dim(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """-log2 p(x) / D per image [B]: the NLL in nats over D ln 2."""
+    return -model.log_prob(x, y) / (x[0].numel() * math.log(2))
+
+
 def nll_loss(model: nn.Module, batch: dict) -> dict:
     """{"loss": mean NLL in nats of a batch, "bits_per_dim"} (teacher forcing)."""
     x = batch["x"]
     lp = model.log_prob(x, batch.get("y"))
     assert lp.shape == (x.shape[0],), lp.shape
     nll = -lp.mean()
-    return {"loss": nll, "bits_per_dim": nll.detach() / (x[0].numel() * math.log(2))}
+    return {"loss": nll, "bits_per_dim": nats_to_bits_per_dim(nll.detach(), x[0].numel())}
 
 
 def load_images(config: BinaryImageConfig, split: str, subset: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
