@@ -73,7 +73,8 @@ def data_shape(config: FlowConfig) -> tuple[int, ...]:
 
 # ------------------------------------------------------------------------------------------------ data
 def load_split(config: FlowConfig, split: str, subset: int = 0):
-    """The split's data set (its ``.x``: toy points [N, 2] or images [N, C, H, W] in [0, 1])."""
+    """The split's data set (its ``.x``: toy points [N, 2] or images [N, C, H, W] in [0, 1]). Toy points are
+    the fixed draw of ``mlcanon.data.toy2d`` (data seed 0, whatever the training seed)."""
     if config.is_image:
         ds = load(config.dataset, split, data_dir=config.data_dir, val_fraction=config.val_fraction)
     else:
@@ -99,9 +100,8 @@ def flow_metrics(model: Flow, config: FlowConfig, ds, seed: int, prefix: str, de
     out = {f"{prefix}/nll_nats": m["nll"]}
     if config.is_image:
         out[f"{prefix}/bits_per_dim"] = bits_per_dim(m["nll"], model.num_dims, BITS)
-    else:
-        if ds.toy in CLOSED_FORM:   # KL(p || q) = E_p[log p - log q] on points drawn from p
-            out[f"{prefix}/kl_to_truth_nats"] = float(ds.log_prob(x.double()).mean()) + m["nll"]
+    elif ds.toy in CLOSED_FORM:   # KL(p || q) = E_p[log p - log q] = E_p[log p] + NLL, on points drawn from p
+        out[f"{prefix}/kl_to_truth_nats"] = float(ds.log_prob(x.double()).mean()) + m["nll"]
     return out
 
 
