@@ -77,7 +77,7 @@ def check_model(model: Flow, x: torch.Tensor) -> None:
     # brute force: log|det| of the whole flow's Jacobian, one example at a time
     for b in range(x.shape[0]):
         J = jacobian(lambda v: model(v.unsqueeze(0))[0].reshape(-1), x[b]).reshape(n, n)
-        assert math.isclose(float(torch.linalg.slogdet(J)[1]), float(ld[b]), abs_tol=tol)
+        assert math.isclose(float(torch.linalg.slogdet(J)[1]), float(ld[b].detach()), abs_tol=tol)
     # log_prob = log N(f(x); 0, I) + sum over the layers of their own log-dets
     h, total = x, torch.zeros(x.shape[0], dtype=torch.float64)
     for layer in model.flow.layers:

@@ -121,17 +121,20 @@ class AffineCoupling(FlowLayer):
         c = self.scale_bound.view(1, -1, *([1] * (xa.dim() - 2)))
         return c * torch.tanh(s_raw), t                           # bounded log-scale
 
+    def _free_s_t(self, xa):
+        """(s, t) zeroed on the masked half: there exp(s) = 1 and t = 0 leave x_a as it is."""
+        s, t = self._s_t(xa)
+        free = 1 - self.mask.to(xa.dtype)
+        return free * s, free * t
+
     def forward(self, x):
-        m = self.mask.to(x.dtype)
-        s, t = self._s_t(m * x)
-        z = m * x + (1 - m) * (x * torch.exp(s) + t)              # eq. 9
-        return z, sum_except_batch((1 - m) * s)
+        s, t = self._free_s_t(self.mask.to(x.dtype) * x)
+        z = x * torch.exp(s) + t                                  # eq. 9: m x + (1 - m)(x exp(s) + t)
+        return z, sum_except_batch(s)                             # sum over the free half of s
 
     def inverse(self, z):
-        m = self.mask.to(z.dtype)
-        s, t = self._s_t(m * z)
-        x = m * z + (1 - m) * (z - t) * torch.exp(-s)             # x_b = (z_b - t) exp(-s)
-        return x, -sum_except_batch((1 - m) * s)
+        s, t = self._free_s_t(self.mask.to(z.dtype) * z)          # m z = m x: the same (s, t)
+        return (z - t) * torch.exp(-s), -sum_except_batch(s)      # x_b = (z_b - t) exp(-s)
 
 
 # ----------------------------------------------------------------------------------------- multi-scale

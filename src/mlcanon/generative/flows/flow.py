@@ -73,7 +73,8 @@ class Flow(nn.Module):
         B = x.shape[0]
         nll = -self.log_prob(x)
         assert nll.shape == (B,), nll.shape
-        out = {"loss": nll.mean(), "nll_nats": nll.mean().detach()}
+        mean = nll.mean()
+        out = {"loss": mean, "nll_nats": mean.detach()}
         if self.bits is not None:   # (NLL + D ln 2^bits) / (D ln 2): the dequantization term included
             out["bits_per_dim"] = bits_per_dim(out["nll_nats"], self.num_dims, self.bits)
         return out

@@ -54,18 +54,18 @@ class FlowSequence(FlowLayer):
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x):
-        logdet = x.new_zeros(x.shape[0])
+        lds = [x.new_zeros(x.shape[0])]
         for layer in self.layers:
             x, ld = layer(x)
-            logdet = logdet + ld          # log|det d(f_K..f_1)/dx| = sum_k log|det df_k/dh_{k-1}| (chain rule)
-        return x, logdet
+            lds.append(ld)
+        return x, torch.stack(lds).sum(0)   # log|det d(f_K..f_1)/dx| = sum_k log|det df_k/dh_{k-1}| (chain rule)
 
     def inverse(self, z):
-        logdet = z.new_zeros(z.shape[0])
+        lds = [z.new_zeros(z.shape[0])]
         for layer in reversed(self.layers):
             z, ld = layer.inverse(z)
-            logdet = logdet + ld
-        return z, logdet
+            lds.append(ld)
+        return z, torch.stack(lds).sum(0)
 
 
 # ------------------------------------------------------------------------------------------ element-wise
