@@ -233,7 +233,7 @@ def _vi_threshold(gamma: float, tol: float) -> float:
 def _backup(Pm, R: np.ndarray, g: float, term: np.ndarray, V: np.ndarray):
     """One Bellman optimality backup: (T V [S] with 0 at terminal states, Q [S, A]); V = None means V = 0."""
     if V is None:
-        Q = np.array(R, dtype=np.float64)             # P 0 = 0: the backup of V = 0 needs no matrix product
+        Q = np.array(R)                               # P 0 = 0: the backup of V = 0 needs no matrix product
     else:
         Q = np.asarray(Pm @ V).reshape(R.shape)      # sum_s' P(s'|s,a) V(s')
         Q *= g
@@ -539,7 +539,8 @@ def solve(mdp: MDP, tol: float = 1e-6, max_iter: int = 10_000, stats: dict | Non
 
 def _solve_discounted(mdp: MDP, tol: float, max_iter: int, st: dict):
     S = mdp.num_states
-    Pm, R, g, term, sparse = mdp.P_matrix(), mdp.R, float(mdp.gamma), mdp.terminal, mdp.is_sparse
+    Pm, g, term, sparse = mdp.P_matrix(), float(mdp.gamma), mdp.terminal, mdp.is_sparse
+    R = np.asarray(mdp.R, dtype=np.float64)
     c = g / (1.0 - g)
     # the evaluation accuracy at which the next backup can certify: if pi is optimal and |V - V_pi| <= e,
     # span(TV - V) <= 2 (1 + gamma) e, so c (1 + gamma) e <= tol / 2 leaves half the budget to round-off
