@@ -28,6 +28,7 @@ from mlcanon.generative.autoregressive.binary_images import (
 from mlcanon.nn.masked import MaskedLinear
 from mlcanon.registry import register
 from mlcanon.runs import Run
+from mlcanon.training import LR_SCHEDULES
 
 
 class FVSBN(nn.Module):
@@ -68,6 +69,8 @@ class FVSBNConfig(BinaryImageConfig):
     """FVSBN on binary images: D logistic regressions, each on the previous pixels."""
 
     batch_size: int = option(100, "global mini-batch size", min=1)
+    lr: float = option(5e-3, "peak learning rate (Adam; 1e-3 is still at 107 nats after 10 epochs)", min=0.0)
+    lr_schedule: str = option("cosine", "learning-rate decay after warm-up", choices=LR_SCHEDULES)
     weight_decay: float = option(0.0, "L2 penalty on W and b (adds lambda*w to the gradient)", min=0.0)
 
 

@@ -31,7 +31,15 @@ from mlcanon.config import option
 from mlcanon.errors import UserError
 from mlcanon.registry import EvalOptions, SampleOptions, config_of
 from mlcanon.runs import Run, load_weights
-from mlcanon.training import OPTIMIZERS, TrainConfig, Trainer, WindowBatches, evaluate_in_batches, generator
+from mlcanon.training import (
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    TrainConfig,
+    Trainer,
+    WindowBatches,
+    evaluate_in_batches,
+    generator,
+)
 
 
 @dataclasses.dataclass
@@ -49,7 +57,7 @@ class LMConfig(TrainConfig):
     adam_betas: tuple[float, ...] = option((0.9, 0.99), "Adam/AdamW (beta1, beta2)")
     weight_decay: float = option(0.1, "AdamW decoupled weight decay (matrices only; not biases, norms)", min=0.0)
     max_grad_norm: float = option(1.0, "clip the global gradient norm to this value (0: off)", min=0.0)
-    lr_schedule: str = option("cosine", "learning-rate decay after warm-up", choices=("constant", "cosine", "linear"))
+    lr_schedule: str = option("cosine", "learning-rate decay after warm-up", choices=LR_SCHEDULES)
     warmup_steps: int = option(100, "linear learning-rate warm-up steps", min=0)
     eval_every: int = option(250, "steps between validations (0: once per epoch)", min=0)
     eval_windows: int = option(200, "validation windows scored at each validation (0: the whole split)", min=0)
