@@ -137,6 +137,7 @@ def bench(args) -> dict:
         res[f"train_images_per_s_{name}"] = (len(data) - args.warmup) * args.batch / dt
         tail = losses[-50:]
         res[f"final_loss_{name}"] = sum(tail) / len(tail)
+        print(json.dumps({k: v for k, v in res.items() if name in k}), flush=True)   # partial results survive a timeout
 
     # ---------------------------------------------------------------------------------- sampling
     model.eval()
@@ -167,6 +168,7 @@ def bench(args) -> dict:
             fn()
         sync(device)
         res[f"sample_images_per_s_{name}"] = args.sample_repeats * args.batch / (time.perf_counter() - t0)
+        print(json.dumps({f"sample_images_per_s_{name}": res[f"sample_images_per_s_{name}"]}), flush=True)
     res["train_ratio"] = res["train_images_per_s_ours"] / res["train_images_per_s_diffusers"]
     res["sample_ratio"] = res["sample_images_per_s_ours"] / res["sample_images_per_s_diffusers"]
     return res
