@@ -59,7 +59,7 @@ def stable_metrics(run_dir) -> list[dict]:
 
 def stable_result(run_dir) -> dict:
     res = json.loads((Path(run_dir) / "result.json").read_text())
-    return {k: v for k, v in res.items() if not any(s in k for s in _VOLATILE)}
+    return {k: v for k, v in res.items() if not any(s in k for s in _VOLATILE) and not k.endswith("_s")}
 
 
 def assert_same_checkpoint(a_dir: Path, b_dir: Path) -> None:
