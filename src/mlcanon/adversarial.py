@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +153,9 @@ class AdversarialTrainingConfig(ClassifierConfig):
     overfit_drop: float = option(0.2, "stop when PGD accuracy falls this far below its best (catastrophic "
                                       "overfitting)", min=0.0, max=1.0)
 
+    #: no data-set recipe: unset fields take ClassifierConfig.BASE (lr 1e-3 constant, depth 2, 2 convs per block)
+    RECIPES: ClassVar[dict[tuple[str, str], dict[str, Any]]] = {}
+
     @property
     def step_size(self) -> float:
         return self.alpha or (1.25 * self.eps if self.method == "fast" else 0.01)
@@ -170,6 +174,7 @@ def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config
 def train(config: AdversarialTrainingConfig, run: Run | None = None) -> dict:
     """Train on adversarial examples; keep the best model by validation PGD accuracy; report test accuracies."""
     run = Run.start("adversarial-training", config, run)
+    config = config.effective()     # unset classifier fields -> their defaults (ClassifierConfig.BASE)
     train_ds, val_ds, test_ds = load_splits(config)
     if val_ds is None:
         raise UserError("adversarial training needs validation data for its PGD check: use --val-fraction > 0")

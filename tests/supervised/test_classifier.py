@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from mlcanon.cli import build_config, main
 from mlcanon.registry import get
+from mlcanon.training import TrainConfig
 
 ALGO = "classifier"
 
@@ -211,3 +212,19 @@ def test_mnist_mlp_reaches_98_percent_in_5_epochs(real_data, tmp_runs):
                               "--dropout", "0.2", "--epochs", "5", "--batch-size", "128", "--lr", "1e-3",
                               "--lr-schedule", "cosine"))
     assert res["epochs"] <= 5 and res["test_accuracy"] >= 0.98, res
+
+
+def test_recipe_resolution_mnist_cnn_vs_digits_mlp(tmp_runs):
+    """Unset fields take the data set's recipe in effective() (a new object); flags the user gave always win."""
+    user = cfg(tmp_runs, "--dataset", "mnist", "--model", "cnn", "--lr", "1e-3")
+    eff = user.effective()
+    assert user.epochs is None and user.lr == 1e-3          # the given config is untouched (config.json keeps it)
+    assert (eff.epochs, eff.batch_size, eff.lr, eff.lr_schedule, eff.depth, eff.convs_per_block) == \
+        (2, 128, 1e-3, "cosine", 3, 1)
+    assert eff.effective() == eff                           # resolving twice changes nothing
+    # any other data set or model: the defaults of the data loop (TrainConfig), not the mnist recipe
+    base = cfg(tmp_runs, "--dataset", "digits").effective()
+    loop = TrainConfig()
+    assert (base.model, base.epochs, base.batch_size, base.lr, base.lr_schedule, base.warmup_steps) == \
+        ("mlp", loop.epochs, loop.batch_size, loop.lr, loop.lr_schedule, loop.warmup_steps)
+    assert cfg(tmp_runs, "--dataset", "mnist", "--model", "mlp").effective().epochs == loop.epochs

@@ -17,11 +17,12 @@ _MODULES = [
     "mlcanon.bench.diffusion",
     "mlcanon.bench.flows",
     "mlcanon.bench.metrics",
+    "mlcanon.bench.mnist_speed",
     "mlcanon.bench.supervised_tasks",
     "mlcanon.bench.tabular",
     "mlcanon.bench.tabular_learning",
-    "mlcanon.bench.latent_adversarial",
     "mlcanon.bench.autoregressive",
+    "mlcanon.bench.latent_adversarial",
 ]
 
 
