@@ -8,7 +8,8 @@ Measured by hand (CPU, 2 shared cores, seed 0, the commands below with default f
 99.9% exact match on 2,000 held-out strings (130 s); gcn-karate 96.7% on the 30 unlabelled nodes (seeds 1-3:
 96.7 / 93.3 / 96.7%); gcn-graphs 99.0% (13 s); segmentation mean IoU 0.949 per image, 0.942 VOC (225 s);
 transfer MNIST 10 labels/class: head-only 81.9%, full 92.3%, scratch 89.9%, pretrained 0-4 99.3% (283 s).
-The ResNet / ViT MNIST rows were not measured here (too long for the shared 2-core machine).
+The ResNet / ViT MNIST rows were measured by `mlcanon bench --suite full --only classifier-resnet,classifier-vit`
+(their sections in docs/BENCHMARKS.md: 99.54% and 97.26%).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ CLASSIFIERS = {
 
 
 def _train(algorithm: str, flags: str) -> tuple[dict, float]:
-
     algo = get(algorithm)
     with tempfile.TemporaryDirectory() as d:
         config = build_config(algo, shlex.split(flags) + ["--out-dir", d, "--progress", "false"])
