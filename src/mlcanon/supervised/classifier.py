@@ -89,8 +89,9 @@ class ClassifierConfig(TrainConfig):
             raise UserError(f"--augment: unknown {', '.join(bad)}; choose from {', '.join(AUGMENTATIONS)}")
 
     #: values of the None fields above when the user leaves them unset, per (dataset, model); BASE otherwise.
-    #: mnist + cnn: the CPU-shaped recipe measured for issue 15 ([conv3x3 -> BN -> ReLU -> maxpool] x3 with
-    #: 16, 32, 64 channels, Adam 3e-3, batch 128, 80 warm-up steps then cosine to 0, 2 epochs: ~99.1%).
+    #: mnist + cnn: the CPU-shaped recipe of issue 15: [conv3x3 -> maxpool -> BN -> ReLU] x3 with 16, 32, 64
+    #: channels (channels_last), Adam 3e-3, batch 128, 80 warm-up steps (~1/5 epoch) then cosine to 0, 2 epochs:
+    #: 99.20% / 99.16-99.19% test accuracy (seed 0, pool-first / pool-last blocks), ~50 CPU seconds in all.
     BASE: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 64, "lr": 1e-3, "lr_schedule": "constant",
                                       "warmup_steps": 0, "width": 256, "depth": 2, "convs_per_block": 2}
     RECIPES: ClassVar[dict[tuple[str, str], dict[str, Any]]] = {
