@@ -41,7 +41,7 @@ from mlcanon.bench import Row, bench
 from mlcanon.config import build_config
 from mlcanon.registry import get
 from mlcanon.runs import Run
-from mlcanon.supervised.classifier import batch_metrics, load_splits, make_model
+from mlcanon.supervised.classifier import EVAL_BATCH, batch_metrics, load_splits, make_model
 from mlcanon.training import TensorBatches, Trainer, evaluate_in_batches, lr_at, optimizer_from
 
 OURS = "mlcanon train classifier --dataset mnist --model cnn"
@@ -153,7 +153,7 @@ def loop_overhead(seed: int = 0, steps: int = 60, repeats: int = 2) -> dict[str,
 
         t = time.perf_counter()
         trainer.evaluate(lambda: evaluate_in_batches(functools.partial(batch_metrics, trainer.model, config, K),
-                                                     {"x": val_ds.x, "y": val_ds.targets}))
+                                                     {"x": val_ds.x, "y": val_ds.targets}, batch_size=EVAL_BATCH))
         val_s = time.perf_counter() - t
     step_plain, step_fit = min(plain) / steps, min(fit) / steps
     epoch_plain = step_plain * spe
