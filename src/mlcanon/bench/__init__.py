@@ -15,6 +15,7 @@ _MODULES = [
     "mlcanon.bench.classifier",
     "mlcanon.bench.deep_rl",
     "mlcanon.bench.diffusion",
+    "mlcanon.bench.figures",
     "mlcanon.bench.flows",
     "mlcanon.bench.metrics",
     "mlcanon.bench.mnist_speed",
