@@ -50,7 +50,7 @@ BUDGETS = (1, 2)            # epochs; 2 is the default recipe
 PEER_EPOCHS = 6
 PEER_BUDGET_S = 240.0       # per peer seed
 TARGET = 0.99
-DEADLINE_S = 780.0          # no new run starts past this (the machine is shared; see measure)
+DEADLINE_S = 720.0          # no new run starts past this (the machine is shared; see measure)
 PEER_SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "mnist_pytorch_examples.py"
 
 
