@@ -3,6 +3,8 @@ matches its closed form on point masses and is zero between a sample and itself.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -59,3 +61,19 @@ def test_energy_distance_closed_form():
 
 def test_registered_in_quick_suite():
     assert "report-figures" in {e.name for e in entries("quick")}
+
+
+def test_footer_under_the_table_and_links_resolve():
+    from pathlib import Path
+
+    from mlcanon.bench import report
+
+    entry = next(e for e in entries("quick") if e.name == "report-figures")
+    text = report.render(entry, "quick", [], 1.0)
+    begin, end = report.markers("report-figures")
+    assert text.startswith(begin) and text.endswith(end)
+    assert text.index("|---|") < text.index(F.FOOTER) < text.index(end)
+    links = re.findall(r"\]\(figures/([\w.-]+\.png)\)", F.FOOTER)
+    assert len(links) == 5
+    docs = Path(__file__).resolve().parents[2] / "docs" / "figures"
+    assert all((docs / name).is_file() for name in links), "run `mlcanon bench --suite quick --only report-figures`"

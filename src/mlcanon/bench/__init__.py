@@ -58,15 +58,17 @@ class Entry:
     suites: tuple[str, ...]
     fn: Callable[[], list[Row]]
     description: str
+    footer: str = ""          # markdown written under the table (e.g. links to the figures the entry draws)
 
 
 _ENTRIES: dict[str, Entry] = {}
 _LOADED = False
 
 
-def bench(name: str, *, suites: tuple[str, ...] = ("quick", "full"), description: str = "") -> Callable:
+def bench(name: str, *, suites: tuple[str, ...] = ("quick", "full"), description: str = "", footer: str = ""
+          ) -> Callable:
     def deco(fn):
-        _ENTRIES[name] = Entry(name, tuple(suites), fn, description)
+        _ENTRIES[name] = Entry(name, tuple(suites), fn, description, footer)
         return fn
     return deco
 

@@ -47,6 +47,8 @@ def render(entry, suite: str, rows: list[Row], wall_s: float) -> str:
         ratio = f"{r.ratio:.3f}x" if r.ratio is not None else "-"
         lines.append(f"| {r.name} | {_fmt(r.ours)} {r.unit} | {ref} | {ratio} | {met} | "
                      f"{_fmt(r.wall_s)} | `{r.command}` | {r.notes} |")
+    if entry.footer:
+        lines += ["", entry.footer]
     lines.append(end)
     return "\n".join(lines)
 
