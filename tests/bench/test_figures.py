@@ -35,7 +35,7 @@ def test_bands_and_toy_scatter(tmp_path):
 def test_speed_quality_plot(tmp_path):
     points = [("DDPM", "1000", 2.0, 0.01), ("DDIM (eta 0)", "5", 0.01, 0.3), ("DDIM (eta 0)", "50", 0.1, 0.02)]
     flows = {"MAF": {"log_prob": 1e-3, "sample": 5e-2}, "IAF": {"log_prob": 5e-2, "sample": 1e-3}}
-    _png(F.plot_speed_quality(points, flows, tmp_path / "speed.png", flow_dim=8))
+    _png(F.plot_speed_quality(points, flows, tmp_path / "speed.png", flow_dim=8, floor=0.005))
 
 
 def test_tabular_curves_tiny(tmp_path):
@@ -77,3 +77,11 @@ def test_footer_under_the_table_and_links_resolve():
     assert len(links) == 5
     docs = Path(__file__).resolve().parents[2] / "docs" / "figures"
     assert all((docs / name).is_file() for name in links), "run `mlcanon bench --suite quick --only report-figures`"
+
+
+def test_classifier_curves_read_each_runs_metrics(tmp_path):
+    flags = ["--dataset", "digits", "--model", "mlp", "--width", "16", "--epochs", "2", "--train-subset", "256",
+             "--batch-size", "64", "--device", "cpu"]
+    path, final = F.classifier_curves(tmp_path, seeds=2, flags=flags)
+    _png(path)
+    assert final.shape == (2,) and np.all((final >= 0) & (final <= 1))

@@ -82,9 +82,11 @@ def plot_bands(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, xlabel: s
 
 
 def plot_speed_quality(points: list[tuple[str, str, float, float]], flows: dict[str, dict[str, float]], path,
-                       quality: str = "energy distance to data (lower is better)", flow_dim: int = 0) -> Path:
+                       quality: str = "energy distance to data (lower is better)", flow_dim: int = 0,
+                       floor: float | None = None) -> Path:
     """Left: one point per sampler setting, (seconds, quality), ``points`` = (family, label, seconds, quality);
-    right: MAF / IAF seconds for log_prob and for sampling (``flows`` = name -> {"log_prob": s, "sample": s})."""
+    right: MAF / IAF seconds for log_prob and for sampling (``flows`` = name -> {"log_prob": s, "sample": s}).
+    ``floor``: the quality of a second data sample (the noise floor of the finite-sample estimate), a dashed line."""
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
     for i, fam in enumerate(dict.fromkeys(p[0] for p in points)):
         pts = sorted((p for p in points if p[0] == fam), key=lambda p: p[2])
@@ -92,6 +94,8 @@ def plot_speed_quality(points: list[tuple[str, str, float, float]], flows: dict[
         ax.plot(xs, ys, "o-" if len(pts) > 1 else "s", c=f"C{i}", label=fam, ms=7)
         for p in pts:
             ax.annotate(p[1], (p[2], p[3]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if floor is not None:
+        ax.axhline(floor, ls="--", c="0.4", lw=1, label="a second data sample (noise floor)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("sampling time (s, log)")
@@ -161,10 +165,12 @@ def median_seconds(fn, calls: int = 3) -> float:
     return statistics.median(times)
 
 
-def _train(name: str, flags: list[str]) -> str:
+def _train(name: str, flags: list[str], use):
+    """Train ``name`` with ``flags`` in a temporary folder and return ``use(run_dir)`` (the folder is then removed)."""
     algo = get(name)
-    cfg = build_config(algo, [*flags, "--progress", "false", "--out-dir", tempfile.mkdtemp(prefix="mlcanon-fig-")])
-    return algo.train(cfg)["run_dir"]
+    with tempfile.TemporaryDirectory(prefix="mlcanon-fig-") as tmp:
+        cfg = build_config(algo, [*flags, "--progress", "false", "--out-dir", tmp])
+        return use(algo.train(cfg)["run_dir"])
 
 
 def _command(name: str, flags: list[str]) -> str:
@@ -194,36 +200,36 @@ CLF_FLAGS = ["--dataset", "digits", "--model", "mlp", "--width", "64", "--epochs
 
 
 def classifier_curves(out: Path, seeds: int = 3, flags: list[str] = CLF_FLAGS) -> tuple[Path, np.ndarray]:
-    """``seeds`` runs of the digits classifier; median and IQR of val accuracy and train loss from metrics.jsonl."""
-    acc, loss = [], []
+    """``seeds`` runs of the digits classifier; median and IQR of val accuracy from metrics.jsonl."""
+    acc = []
     for s in range(seeds):
-        rows = read_metrics(_train("classifier", [*flags, "--seed", str(s)]))
+        rows = _train("classifier", [*flags, "--seed", str(s)], read_metrics)
         acc.append([(r["step"], r["val/accuracy"]) for r in rows if "val/accuracy" in r])
-        loss.append([(r["step"], r["train/loss"]) for r in rows if "train/loss" in r])
-    curves = {}
-    for key, series in (("val accuracy", acc), ("train loss", loss)):
-        T = min(len(c) for c in series)
-        curves[key] = (np.array([s for s, _ in series[0][:T]]), np.array([[v for _, v in c[:T]] for c in series]))
-    path = plot_bands({"val accuracy": curves["val accuracy"]}, out / "classifier_digits_curves.png",
+    T = min(len(c) for c in acc)
+    curve = (np.array([s for s, _ in acc[0][:T]]), np.array([[v for _, v in c[:T]] for c in acc]))   # x, [seeds, T]
+    path = plot_bands({"val accuracy": curve}, out / "classifier_digits_curves.png",
                       ylabel="validation accuracy", band="iqr",
                       title=f"digits MLP classifier: median and interquartile band over {seeds} seeds")
-    return path, curves["val accuracy"][1][:, -1]
+    return path, curve[1][:, -1]
 
 
 DDPM_TOY_FLAGS = ["--dataset", TOY, "--max-steps", "3000", "--batch-size", "256", "--width", "256", "--lr", "2e-3",
                   "--warmup-steps", "50", "--dropout", "0", "--ema-decay", "0.995", "--device", "cpu", "--seed", "0"]
-DDPM_DIGITS_FLAGS = ["--dataset", "digits", "--max-steps", "600", "--batch-size", "64", "--base-channels", "16",
+DDPM_DIGITS_FLAGS = ["--dataset", "digits", "--max-steps", "1500", "--batch-size", "64", "--base-channels", "16",
                      "--lr", "2e-3", "--warmup-steps", "50", "--ema-decay", "0.99", "--device", "cpu", "--seed", "0"]
 
 
 def diffusion_speed_quality(out: Path, flags: list[str] = DDPM_TOY_FLAGS, n: int = 2000,
-                            ddim_steps=DDIM_STEPS, calls: int = 1) -> tuple[list, dict[str, torch.Tensor]]:
-    """Train the toy DDPM, then (sampler, steps, seconds, energy distance) for DDPM-T and DDIM at ``ddim_steps``."""
+                            ddim_steps=DDIM_STEPS, calls: int = 1) -> tuple[list, float]:
+    """Train the toy DDPM, then (sampler, steps, seconds, energy distance) for DDPM-T and DDIM at ``ddim_steps``;
+    also the energy distance between two data samples of the same size (the estimate's noise floor)."""
     from mlcanon.generative.diffusion.ddpm import load_model
 
-    model = load_model(_train("ddpm", flags)).eval()
+    model = _train("ddpm", flags, load_model).eval()
     T = len(model.schedule.betas)
     data = toy2d.sample(TOY.split(":", 1)[1], n, generator=torch.Generator().manual_seed(123)).float()
+    floor = energy_distance(toy2d.sample(TOY.split(":", 1)[1], n, generator=torch.Generator().manual_seed(321)).float(),
+                            data)
     points, shown = [], {}
     settings = [("DDPM", "ddpm", T)] + [("DDIM (eta 0)", "ddim", k) for k in ddim_steps if k <= T]
     for fam, sampler, k in settings:
@@ -235,7 +241,7 @@ def diffusion_speed_quality(out: Path, flags: list[str] = DDPM_TOY_FLAGS, n: int
         if (sampler, k) in (("ddpm", T), ("ddim", 50), ("ddim", 10), ("ddim", 5)):
             shown[f"{fam.split()[0]} {k} steps"] = x
     plot_toy_samples(data, shown, out / "ddpm_toy2d_samples.png")
-    return points, shown
+    return points, floor
 
 
 def flow_speeds(dim: int = 64, n: int = 256, calls: int = 5) -> dict[str, dict[str, float]]:
@@ -268,7 +274,7 @@ def digits_grid(out: Path, flags: list[str] = DDPM_DIGITS_FLAGS, n: int = 60) ->
     """DDPM samples on digits (DDIM 50 steps, classes cycling) beside as many test digits, one PNG."""
     from mlcanon.generative.diffusion.ddpm import load_model
 
-    model = load_model(_train("ddpm", flags)).eval()
+    model = _train("ddpm", flags, load_model).eval()
     y = torch.arange(n) % 10 if model.num_classes else None
     x = model.sample(n, y, sampler="ddim", steps=50, generator=torch.Generator().manual_seed(0))
     real = load_diffusion_data("digits", "test").x[:n]
@@ -283,13 +289,13 @@ Fig. 6.4, SARSA's safe path earns more per episode under eps = 0.1 exploration),
 ![Q-learning and SARSA on CliffWalking-v1, 20 seeds](figures/tabular_cliff_curves.png)
 ![digits MLP validation accuracy over 3 seeds](figures/classifier_digits_curves.png)
 
-Samples: a 600-step DDPM on 8x8 digits (DDIM 50 steps) beside test digits, and the toy DDPM's samples per sampler.
+Samples: a 1500-step DDPM on 8x8 digits (DDIM 50 steps) beside test digits, and the toy DDPM's samples per sampler.
 
 ![DDPM samples on digits beside test digits](figures/ddpm_digits_samples.png)
 ![toy2d:8gaussians: data, DDPM and DDIM samples](figures/ddpm_toy2d_samples.png)
 
 Speed against quality: left, DDPM (all 1000 steps) and DDIM (eta 0) at 2 to 200 steps on the toy model (energy
-distance of 2000 samples to 2000 fresh data points; time to draw them); right, MAF and IAF of the same size
+distance of 2000 samples to 2000 fresh data points, dashed: a second data sample; time to draw them); right, MAF and IAF of the same size
 (5 MADE layers, D = 64, 256 points): MAF evaluates densities in one pass and samples in D, IAF the other way round.
 
 ![sampler speed vs quality](figures/sampler_speed_quality.png)"""
@@ -314,23 +320,23 @@ def report_figures(out: str | Path = FIG_DIR) -> list[Row]:
     p, acc = classifier_curves(out)
     point, lo, hi = stratified_bootstrap_ci(acc, iqm)
     rows.append(Row(name="classifier digits mlp: IQM of final val accuracy, 3 seeds", ours=100 * float(point),
-                    unit="%", command=_command("classifier", CLF_FLAGS) + " --seed 0,1,2",
+                    unit="%", command=_command("classifier", CLF_FLAGS) + " --seed S (S = 0, 1, 2)",
                     wall_s=time.perf_counter() - t,
                     notes=f"95% stratified bootstrap CI [{100 * float(lo):.1f}, {100 * float(hi):.1f}]; {p.name}"))
     t = time.perf_counter()
     p = digits_grid(out)
-    rows.append(Row(name="ddpm digits: 60 DDIM-50 samples (classes by column) beside 60 test digits", ours=600,
+    rows.append(Row(name="ddpm digits: 60 DDIM-50 samples (classes by column) beside 60 test digits", ours=1500,
                     unit="train steps", command=_command("ddpm", DDPM_DIGITS_FLAGS), wall_s=time.perf_counter() - t,
                     notes=p.name))
     t = time.perf_counter()
-    points, _ = diffusion_speed_quality(out)
+    points, floor = diffusion_speed_quality(out)
     flows = flow_speeds()
-    p = plot_speed_quality(points, flows, out / "sampler_speed_quality.png", flow_dim=64)
+    p = plot_speed_quality(points, flows, out / "sampler_speed_quality.png", flow_dim=64, floor=floor)
     wall = time.perf_counter() - t
     for fam, k, dt, q in points:
         rows.append(Row(name=f"ddpm {TOY} {fam.split()[0]} {k} steps: energy distance (2000 samples)", ours=q,
                         unit="", higher_is_better=False, command=_command("ddpm", DDPM_TOY_FLAGS), wall_s=wall,
-                        notes=f"sampling {dt:.3g} s; {p.name}"))
+                        notes=f"sampling {dt:.3g} s; two data samples: {floor:.3g}; {p.name}"))
     for name, s in flows.items():
         rows.append(Row(name=f"{name} D=64, 5 layers: log_prob / sample of 256 points", ours=1e3 * s["log_prob"],
                         unit="ms (log_prob)", higher_is_better=False, command="flows.maf.build / build_iaf", wall_s=wall,
