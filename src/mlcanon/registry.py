@@ -34,7 +34,6 @@ _MODULES: list[str] = [
     "mlcanon.rl.reinforce",
     "mlcanon.rl.actor_critic",
     "mlcanon.rl.decision_transformer",
-    "mlcanon.rl.decision_transformer",
     "mlcanon.generative.diffusion.ddpm",
     "mlcanon.generative.diffusion.noisy_classifier",
     "mlcanon.generative.diffusion.latent",
@@ -51,13 +50,13 @@ _MODULES: list[str] = [
     "mlcanon.generative.autoregressive.lstm_lm",
     "mlcanon.generative.autoregressive.gpt",
     "mlcanon.generative.autoregressive.bert",
+    "mlcanon.generative.autoregressive.wavenet",
+    "mlcanon.generative.autoregressive.vrnn",
     "mlcanon.generative.autoencoder",
     "mlcanon.generative.vae",
     "mlcanon.generative.gan",
     "mlcanon.generative.gan_variants",
     "mlcanon.adversarial",
-    "mlcanon.generative.autoregressive.wavenet",
-    "mlcanon.generative.autoregressive.vrnn",
 ]
 
 
