@@ -46,3 +46,8 @@ def test_missing_optional_dependency_disables_with_install_hint(monkeypatch, cap
 def test_only_declared_optional_dependencies_may_be_required():
     with pytest.raises(ValueError, match="not a declared optional dependency"):
         registry.register("x", family="f", config=object, description="d", requires=("numpy",))
+
+
+def test_module_lists_name_each_module_once():
+    assert len(set(registry._MODULES)) == len(registry._MODULES)
+    assert len(set(bench._MODULES)) == len(bench._MODULES)
