@@ -32,7 +32,7 @@ from mlcanon.rl.agent import (
     train_agent,
 )
 from mlcanon.rl.buffers import RolloutStorage
-from mlcanon.rl.policies import ActorCritic
+from mlcanon.rl.policies import ActorCritic, collect_rollout
 from mlcanon.rl.returns import gae
 from mlcanon.rl.vec_env import VecEnv
 from mlcanon.runs import Run
@@ -84,20 +84,7 @@ class A2C(Agent):
         run, loop = self.start(run, state, total, "a2c")
         while not loop.finished:
             # 1. rollout of T steps ----------------------------------------------------------------------
-            storage.reset()
-            ep = {"episode_return": [], "episode_length": []}
-            obs = torch.as_tensor(env.obs, device=dev)
-            for _ in range(T):
-                with torch.no_grad():
-                    action = self.net.dist(obs).sample()          # a_t ~ pi(.|s_t)
-                    value = self.net.value(obs)
-                next_obs, reward, term, trunc, info = env.step(self.net.to_env(action).cpu().numpy())
-                storage.add(obs=obs, actions=action, values=value, rewards=torch.as_tensor(reward),
-                            terminated=torch.as_tensor(term), dones=torch.as_tensor(term | trunc),
-                            next_obs=torch.as_tensor(info["final_obs"]))
-                for k in ep:
-                    ep[k] += info[k]
-                obs = torch.as_tensor(next_obs, device=dev)
+            ep = collect_rollout(self.net, env, storage, T, dev)   # a_t ~ pi(.|s_t) for T steps of every env
             # 2. GAE with V of the true next states ----------------------------------------------------
             with torch.no_grad():
                 next_values = self.net.value(storage.next_obs.view(T * N, *self.obs_shape)).view(T, N)

@@ -76,3 +76,24 @@ class ActorCritic(nn.Module):
     def to_env(self, actions: torch.Tensor) -> torch.Tensor:
         """Actions as the env takes them (Gaussian samples clipped to the action bounds)."""
         return actions if self.discrete else torch.maximum(torch.minimum(actions, self.high), self.low)
+
+
+def collect_rollout(net, env, storage, T: int, device) -> dict[str, list]:
+    """T steps of every env of a vector env with a_t ~ pi(.|s_t) and V(s_t), into ``storage`` (reset first);
+    ``next_obs`` holds the true next states (final observations at episode ends, for bootstrapping on
+    truncation). Returns the finished episodes' returns and lengths (A2C and n-step actor-critic share it)."""
+    storage.reset()
+    ep: dict[str, list] = {"episode_return": [], "episode_length": []}
+    obs = torch.as_tensor(env.obs, device=device)
+    for _ in range(T):
+        with torch.no_grad():
+            action = net.dist(obs).sample()          # a_t ~ pi(.|s_t)
+            value = net.value(obs)
+        next_obs, reward, term, trunc, info = env.step(net.to_env(action).cpu().numpy())
+        storage.add(obs=obs, actions=action, values=value, rewards=torch.as_tensor(reward),
+                    terminated=torch.as_tensor(term), dones=torch.as_tensor(term | trunc),
+                    next_obs=torch.as_tensor(info["final_obs"]))
+        for k in ep:
+            ep[k] += info[k]
+        obs = torch.as_tensor(next_obs, device=device)
+    return ep
