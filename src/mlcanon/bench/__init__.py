@@ -45,9 +45,11 @@ class Row:
             return None
         return self.ours / self.reference if self.higher_is_better else self.reference / self.ours
 
+    is_target: bool = True           # False: the reference is a peer to compare with, not a target ("met" is "-")
+
     @property
     def met(self) -> bool | None:
-        if self.reference is None:
+        if self.reference is None or not self.is_target:
             return None
         return self.ours >= self.reference if self.higher_is_better else self.ours <= self.reference
 

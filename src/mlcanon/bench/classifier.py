@@ -16,7 +16,8 @@ CASES = [
     ("mnist mlp (<=5 epochs)", ("--dataset mnist --model mlp --width 1024 --depth 2 --dropout 0.2 --epochs 5 "
                                 "--batch-size 128 --lr 1e-3 --lr-schedule cosine"), 98.0),
     ("mnist cnn (<=5 epochs)", ("--dataset mnist --model cnn --width 128 --depth 2 --dropout 0.1 --epochs 5 "
-                                "--batch-size 128 --lr 2e-3"), 99.0),
+                                "--batch-size 128 --lr 2e-3 --convs-per-block 2 --lr-schedule constant "
+                                "--warmup-steps 0"), 99.0),
 ]
 
 
