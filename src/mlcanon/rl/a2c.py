@@ -33,7 +33,7 @@ from mlcanon.rl.agent import (
 )
 from mlcanon.rl.buffers import RolloutStorage
 from mlcanon.rl.policies import ActorCritic, collect_rollout
-from mlcanon.rl.returns import gae
+from mlcanon.rl.returns import explained_variance, gae
 from mlcanon.rl.vec_env import VecEnv
 from mlcanon.runs import Run
 from mlcanon.training import TrainState
@@ -107,9 +107,7 @@ class A2C(Agent):
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
-            y = b["returns"]
-            var_y = y.var()
-            explained = float(1 - (y - b["values"]).var() / var_y) if var_y > 0 else None
+            explained = explained_variance(b["returns"], b["values"])
             metrics = {"train/loss": loss.item(), "train/policy_loss": pg_loss.item(), "train/value_loss": v_loss.item(),
                        "train/entropy": entropy.item(), "train/explained_variance": explained,
                        **episode_metrics(ep)}

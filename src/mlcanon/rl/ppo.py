@@ -37,7 +37,7 @@ from mlcanon.rl.agent import (
 from mlcanon.rl.buffers import RolloutStorage
 from mlcanon.rl.cartpole_torch import CartPoleTorch
 from mlcanon.rl.policies import ActorCritic
-from mlcanon.rl.returns import gae
+from mlcanon.rl.returns import explained_variance, gae
 from mlcanon.rl.vec_env import ObsNormalizer, RewardScaler, VecEnv
 from mlcanon.runs import Run
 from mlcanon.training import TrainState
@@ -169,9 +169,7 @@ class PPO(Agent):
                     n_updates += 1
                 if cfg.target_kl is not None and out["approx_kl"] > cfg.target_kl:
                     break
-            y, v = b["returns"], b["values"]
-            var_y = y.var()
-            explained = float(1 - (y - v).var() / var_y) if var_y > 0 else None   # 1 - Var[y-V]/Var[y]
+            explained = explained_variance(b["returns"], b["values"])     # 1 - Var[y-V]/Var[y]
             metrics = {f"train/{k}": float(s) / n_updates for k, s in sums.items()}
             metrics.update({"train/lr": lr, "train/clip_range": clip, "train/explained_variance": explained,
                             **episode_metrics(ep_stats)})

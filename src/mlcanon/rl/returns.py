@@ -116,6 +116,12 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
     return adv, adv + values
 
 
+def explained_variance(returns: torch.Tensor, values: torch.Tensor) -> float | None:
+    """1 - Var[y - V] / Var[y] of the value predictions V against the targets y (None when Var[y] = 0)."""
+    var_y = returns.var()
+    return float(1 - (returns - values).var() / var_y) if var_y > 0 else None
+
+
 @torch.no_grad()
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """theta_target <- tau theta + (1 - tau) theta_target (Lillicrap et al. 2016); tau = 1 is a hard copy."""

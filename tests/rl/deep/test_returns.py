@@ -87,3 +87,11 @@ def test_polyak_soft_and_hard():
     polyak_update(tgt, src, 1.0)
     for s, p in zip(src.parameters(), tgt.parameters()):
         assert torch.equal(p, s)
+
+
+def test_explained_variance_limits():
+    from mlcanon.rl.returns import explained_variance
+    y = torch.tensor([1.0, 2.0, 4.0, 7.0])
+    assert explained_variance(y, y) == 1.0                                  # perfect critic
+    assert abs(explained_variance(y, torch.full_like(y, float(y.mean())))) < 1e-6   # predicts the mean: 0
+    assert explained_variance(torch.ones(4), y) is None                     # Var[y] = 0: undefined
