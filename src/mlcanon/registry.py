@@ -135,18 +135,27 @@ def register(name: str, *, family: str, config: type, description: str, evaluate
     return deco
 
 
-def _load_all() -> None:
-    """Import every algorithm module. An import error is recorded with its module and shown by `mlcanon
-    list` and by every lookup that fails (never hidden, never fatal to the other algorithms)."""
+def _load(until: str | None = None) -> None:
+    """Import the algorithm modules in order, stopping once ``until`` is registered (``None``: all of them), so
+    `mlcanon train classifier` does not pay for importing every family. An import error is recorded with its
+    module and shown by `mlcanon list` and by every lookup that fails (never hidden, never fatal to the others)."""
     global _LOADED
     if _LOADED:
         return
-    _LOADED = True
     for mod in _MODULES:
+        if until is not None and until in _REGISTRY:
+            return
+        if mod in _IMPORT_ERRORS:
+            continue
         try:
-            importlib.import_module(mod)
+            importlib.import_module(mod)       # a no-op for a module imported before
         except ImportError as e:
             _IMPORT_ERRORS[mod] = f"{type(e).__name__}: {e}"
+    _LOADED = True
+
+
+def _load_all() -> None:
+    _load(None)
 
 
 def import_errors() -> dict[str, str]:
@@ -160,7 +169,7 @@ def all_algorithms() -> list[Algorithm]:
 
 
 def get(name: str) -> Algorithm:
-    _load_all()
+    _load(until=name)
     if name not in _REGISTRY:
         import difflib
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
