@@ -10,11 +10,16 @@ Florian 2007 as gymnasium writes them), in float64 like gymnasium's state, with 
 
 Reward 1 per step (also on the terminating one), termination when |x| > 2.4 or |theta| > 12 degrees, truncation
 after ``max_episode_steps`` (500) steps; observations are the state cast to float32. Autoreset happens in the same
-step, with the last observation kept in ``final_obs`` (as :class:`mlcanon.rl.vec_env.VecEnv`). Initial states are
-uniform in (-0.05, 0.05)^4 drawn from the env's own ``torch.Generator`` (not gymnasium's numpy stream), so a run is
-repeatable but its episodes differ from gymnasium's for the same seed; ``set_state`` lets a test start both from
-the same state. The class has the :class:`~mlcanon.rl.vec_env.VecEnv` interface PPO uses (``obs``, ``reset``,
-``step``, ``state_dict``), returning tensors.
+step, with the last observation kept in ``final_obs`` (as :class:`mlcanon.rl.vec_env.VecEnv`).
+
+Seeding per episode (as :class:`~mlcanon.rl.vec_env.VecEnv`): the initial state of episode k of env i of seed s is
+uniform in (-0.05, 0.05)^4 from a counter-based hash of (s, i, k) (:func:`counter_bits`, splitmix64), not from
+gymnasium's numpy stream, so a run is repeatable but its episodes differ from gymnasium's for the same seed;
+``set_state`` lets a test start both from the same state. ``seed`` may be a list of S seeds: the env then holds
+S blocks of ``num_envs`` envs (seed-major), each block's episodes depending on its own seed only, which is what
+PPO's vectorized ``--num-seeds`` needs; :meth:`keep` drops the blocks of seeds that finished. The class has the
+:class:`~mlcanon.rl.vec_env.VecEnv` interface PPO uses (``obs``, ``reset``, ``step``, ``state_dict``), returning
+tensors.
 """
 
 from __future__ import annotations
@@ -25,7 +30,42 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-__all__ = ["CartPoleTorch"]
+__all__ = ["CartPoleTorch", "counter_bits", "counter_uniform"]
+
+# splitmix64 (Steele, Lea & Flood 2014) constants as signed int64 (torch has no uint64 arithmetic)
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
+_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX2 = 0x94D049BB133111EB - 2**64
+
+
+def _srl(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical shift right of int64 bit patterns (torch's >> is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finalizer: a bijection of 64-bit words with full avalanche (int64 products wrap mod 2^64)."""
+    z = (z ^ _srl(z, 30)) * _MIX1
+    z = (z ^ _srl(z, 27)) * _MIX2
+    return z ^ _srl(z, 31)
+
+
+def counter_bits(*keys) -> torch.Tensor:
+    """64 random bits (int64) per element, a hash of the broadcast integer keys (seed, counter, index, ...).
+
+    Counter-based random numbers (Salmon et al. 2011): the value at (seed, t, i) depends on those integers only, so
+    every seed has its own stream whatever else is computed in the same batch."""
+    z = None
+    for k in keys:
+        k = torch.as_tensor(k, dtype=torch.int64)
+        z = _mix(k * _GOLDEN + 1) if z is None else _mix((z ^ k) * _GOLDEN + 1)
+    return z
+
+
+def counter_uniform(*keys, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Uniforms in [0, 1) from :func:`counter_bits` (the top 24 bits for float32, 53 for float64: exact)."""
+    bits = 24 if dtype == torch.float32 else 53
+    return _srl(counter_bits(*keys), 64 - bits).to(dtype) * 2.0 ** -bits
 
 
 class CartPoleTorch:
@@ -35,24 +75,33 @@ class CartPoleTorch:
     theta_threshold = 12 * 2 * math.pi / 360
     x_threshold = 2.4
 
-    def __init__(self, num_envs: int, seed: int = 0, device: torch.device | str = "cpu", max_episode_steps: int = 500):
-        self.num_envs, self.device, self.max_episode_steps = int(num_envs), torch.device(device), int(max_episode_steps)
+    def __init__(self, num_envs: int, seed: int | list[int] = 0, device: torch.device | str = "cpu",
+                 max_episode_steps: int = 500):
+        self.device, self.max_episode_steps = torch.device(device), int(max_episode_steps)
+        seeds = [int(seed)] if isinstance(seed, int) else [int(s) for s in seed]
+        self.envs_per_seed = int(num_envs)
+        self.num_envs = n = len(seeds) * self.envs_per_seed         # seed-major blocks of num_envs envs
         self.env_id = "CartPole-v1"
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
         self.action_space = gym.spaces.Discrete(2)
         self.obs_shape = (4,)
-        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        self.state = torch.zeros(num_envs, 4, dtype=torch.float64, device=self.device)
-        self.ep_return = torch.zeros(num_envs, dtype=torch.float64, device=self.device)
-        self.ep_length = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self.seed_of = torch.tensor(seeds, dtype=torch.int64, device=self.device).repeat_interleave(num_envs)
+        self.index = torch.arange(num_envs, device=self.device).repeat(len(seeds))   # env index within its seed
+        self.episode = torch.zeros(n, dtype=torch.int64, device=self.device)         # running episode of each env
+        self.state = torch.zeros(n, 4, dtype=torch.float64, device=self.device)
+        self.ep_return = torch.zeros(n, dtype=torch.float64, device=self.device)
+        self.ep_length = torch.zeros(n, dtype=torch.int64, device=self.device)
         self.obs: torch.Tensor | None = None
 
-    def _initial(self, n: int) -> torch.Tensor:
-        u = torch.rand(n, 4, generator=self.generator, dtype=torch.float64, device=self.device)
-        return u * 0.1 - 0.05                                         # uniform(-0.05, 0.05)
+    def _initial(self, envs: torch.Tensor | slice) -> torch.Tensor:
+        """Initial states of the running episodes of ``envs``: uniform(-0.05, 0.05)^4 keyed (seed, env, episode)."""
+        keys = (self.seed_of[envs, None], self.index[envs, None], self.episode[envs, None],
+                torch.arange(4, device=self.device))
+        return counter_uniform(*keys, dtype=torch.float64) * 0.1 - 0.05
 
     def reset(self) -> torch.Tensor:
-        self.state = self._initial(self.num_envs)
+        """Start (or restart) the current episode of every env."""
+        self.state = self._initial(slice(None))
         self.ep_return.zero_()
         self.ep_length.zero_()
         self.obs = self.state.float()
@@ -87,25 +136,36 @@ class CartPoleTorch:
         final_obs = state.float()
         info = {"final_obs": final_obs, "episode_return": self.ep_return[done].tolist(),
                 "episode_length": self.ep_length[done].tolist()}
-        n_done = int(done.sum())
-        if n_done:                                                    # same-step autoreset
-            state[done] = self._initial(n_done)
+        if bool(done.any()):                                          # same-step autoreset
+            self.episode += done
+            state[done] = self._initial(done)
             self.ep_return[done] = 0.0
             self.ep_length[done] = 0
         self.state = state
         self.obs = state.float()
         return self.obs, reward, terminated, truncated, info
 
+    def keep(self, seeds: torch.Tensor) -> None:
+        """Keep only the env blocks of the seeds at positions ``seeds`` (indices into this env's seed list)."""
+        E = self.envs_per_seed
+        rows = (seeds.to(self.device)[:, None] * E + torch.arange(E, device=self.device)).reshape(-1)
+        for k in ("seed_of", "index", "episode", "state", "ep_return", "ep_length"):
+            setattr(self, k, getattr(self, k)[rows])
+        self.num_envs = len(rows)
+        self.obs = None if self.obs is None else self.obs[rows]
+
     def close(self) -> None:
         pass
 
     def state_dict(self) -> dict:
         return {"state": self.state, "ep_return": self.ep_return, "ep_length": self.ep_length,
-                "generator": self.generator.get_state(), "started": self.obs is not None}
+                "episode": self.episode, "seed_of": self.seed_of, "index": self.index, "started": self.obs is not None}
 
     def load_state_dict(self, st: dict) -> None:
         self.state = torch.as_tensor(st["state"], dtype=torch.float64).to(self.device).clone()
         self.ep_return = torch.as_tensor(st["ep_return"]).to(self.device).clone()
         self.ep_length = torch.as_tensor(st["ep_length"]).to(self.device).clone()
-        self.generator.set_state(torch.as_tensor(st["generator"]))
+        for k in ("episode", "seed_of", "index"):
+            setattr(self, k, torch.as_tensor(st[k]).to(self.device).clone())
+        self.num_envs = len(self.state)
         self.obs = self.state.float() if st["started"] else None

@@ -11,14 +11,23 @@ One iteration, top to bottom (the structure of CleanRL's ppo.py, Huang et al. 20
 
 Discrete actions use a categorical policy, Box actions a diagonal Gaussian with a learned log-std
 (:mod:`mlcanon.rl.policies`). Defaults are rl-baselines3-zoo's CartPole-v1 hyperparameters.
+
+``--torch-env --num-seeds N`` (:func:`train_many_seeds`, at the end of this file) runs the same three steps for N
+independent seeds at once on the batched torch CartPole: weights stacked along a seed axis and applied with
+batched matmuls, per-seed Adam, envs and counter-based random numbers, and each seed leaving the batch at its
+first evaluation >= ``--target-return``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 
 import gymnasium as gym
+import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from mlcanon.config import option
 from mlcanon.errors import UserError
@@ -35,7 +44,7 @@ from mlcanon.rl.agent import (
     train_agent,
 )
 from mlcanon.rl.buffers import RolloutStorage
-from mlcanon.rl.cartpole_torch import CartPoleTorch
+from mlcanon.rl.cartpole_torch import CartPoleTorch, counter_bits, counter_uniform
 from mlcanon.rl.policies import ActorCritic
 from mlcanon.rl.returns import explained_variance, gae
 from mlcanon.rl.vec_env import ObsNormalizer, RewardScaler, VecEnv
@@ -68,13 +77,23 @@ class PPOConfig(DeepRLConfig):
     activation: str = option("tanh", "hidden activation", choices=("tanh", "relu"))
     log_std_init: float = option(0.0, "initial log-std of the Gaussian policy (Box actions)")
     torch_env: bool = option(False, "step CartPole-v1 as one batched torch env (rl/cartpole_torch.py) instead of "
-                                    "N gymnasium envs: thousands of envs at once, on the GPU too")
+                                    "N gymnasium envs: thousands of envs at once, on the GPU too; with "
+                                    "--num-seeds N the N seeds train together, vectorized over stacked weights")
+    seed_chunk: int = option(64, "--torch-env --num-seeds: seeds per forward/backward pass of the updates "
+                                 "(cache-sized blocks; changes the speed, not the result)", min=1)
 
     def check(self) -> None:
         super().check()
         if self.torch_env and self.env != "CartPole-v1":
             raise UserError(f"--torch-env: the batched torch env is CartPole-v1 only, not {self.env}; "
                             "drop --torch-env or use --env CartPole-v1")
+        if self.torch_env and self.num_seeds > 1:
+            unsupported = [flag for flag, on in (("--normalize-obs", self.normalize_obs),
+                                                 ("--scale-rewards", self.scale_rewards),
+                                                 ("--target-kl", self.target_kl is not None)) if on]
+            if unsupported:
+                raise UserError(f"--torch-env --num-seeds: {', '.join(unsupported)} is not supported by the "
+                                "vectorized seeds; drop it or run the seeds one by one without --torch-env")
 
 
 class PPO(Agent):
@@ -211,7 +230,325 @@ class PPO(Agent):
 
 def train(config: PPOConfig, run: Run | None = None) -> dict:
     """Train PPO; returns the run folder, the step reached, the best evaluation and the step that solved it."""
+    if config.torch_env and config.num_seeds > 1:
+        return train_many_seeds(config, run)
     return train_agent(PPO, config, run)
+
+
+# =============================================================================================================
+# Many seeds at once: ``mlcanon train ppo --torch-env --num-seeds 1000 --target-return 475``
+# =============================================================================================================
+# Steps 1-3 of PPO above, for S independent seeds in one process. Nothing is shared between seeds: each has its
+# own networks (initialized as the single run's ActorCritic with torch.manual_seed(seed), weights stacked along a
+# leading seed axis and applied with batched matmuls), its own Adam moments and gradient-norm clipping, its own
+# CartPole envs (episodes keyed by (seed, env, episode)), and its own counter-based random numbers (actions and
+# minibatch permutations keyed by (seed, iteration, ...)). Only the reports reduce over seeds. A seed leaves the
+# batch at its first evaluation >= --target-return, so the batch shrinks as seeds solve.
+_ACTIONS, _MINIBATCHES, _EVAL = 1, 2, 104_729          # random-stream ids of counter_bits keys
+
+
+class SeedNets:
+    """S copies of :class:`~mlcanon.rl.policies.ActorCritic` (Discrete actions): layer i of the actor is
+    ``x -> x @ W_i + b_i`` with W_i [S, in, out], b_i [S, 1, out]; the critic likewise."""
+
+    def __init__(self, seeds: list[int], obs_dim: int, action_space, hidden, activation: str, device):
+        nets = []
+        for s in seeds:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(s)                  # the single run's initialization (Agent seeds, then builds)
+                nets.append(ActorCritic(obs_dim, action_space, hidden, activation))
+        linears = [[m for m in net.modules() if isinstance(m, torch.nn.Linear)] for net in nets]
+        self.n_actor = len(hidden) + 1
+        self.params = []                              # [W_0, b_0, W_1, b_1, ...], actor layers then critic layers
+        for i in range(len(linears[0])):
+            self.params.append(torch.stack([ls[i].weight.detach().T for ls in linears]).contiguous().to(device))
+            self.params.append(torch.stack([ls[i].bias.detach()[None] for ls in linears]).to(device))
+        self.act = torch.tanh if activation == "tanh" else torch.relu
+
+    def _mlp(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        n = len(params) // 2
+        for i in range(n):
+            w, b = params[2 * i], params[2 * i + 1]
+            if w.shape[-1] == 1:     # x . w + b as a product and a row sum: bmm's matrix-vector path (one
+                x = (x * w.transpose(1, 2)).sum(-1, keepdim=True) + b   # output column) changes with the batch
+            else:
+                x = torch.baddbmm(b, x, w)                               # x W + b, per seed
+            if i < n - 1:
+                x = self.act(x)
+        return x
+
+    def logits(self, x: torch.Tensor, params: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Actor logits [S, B, A] for observations [S, B, obs_dim]."""
+        return self._mlp(x, (params or self.params)[:2 * self.n_actor])
+
+    def value(self, x: torch.Tensor, params: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """V(s) [S, B]."""
+        return self._mlp(x, (params or self.params)[2 * self.n_actor:]).squeeze(-1)
+
+
+class SeedAdam:
+    """Adam (Kingma & Ba 2015, Algorithm 1, with torch.optim.Adam's eps placement) on stacked per-seed parameters.
+
+    Every operation is elementwise, so each seed's update is its own Adam's. Only plain (unfused) elementwise ops
+    are used: a fused op such as lerp_/addcmul_ may round differently in the scalar tail of its vectorized loop,
+    which would make a seed's result depend on how many seeds share the tensor."""
+
+    def __init__(self, params: list[torch.Tensor], eps: float = 1e-5, betas=(0.9, 0.999)):
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t, self.eps, self.betas = 0, eps, betas
+
+    def step(self, params, grads, rows: slice, lr: float) -> None:
+        """Update ``params[i][rows]`` with ``grads[i]`` (the gradients of those seeds); ``t`` counts whole steps."""
+        b1, b2 = self.betas
+        t = self.t + 1
+        c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+        for p, g, m, v in zip(params, grads, self.m, self.v):
+            m[rows] = m[rows] * b1 + g * (1 - b1)                      # m = b1 m + (1 - b1) g
+            v[rows] = v[rows] * b2 + (g * g) * (1 - b2)                # v = b2 v + (1 - b2) g^2
+            denom = v[rows].sqrt() / math.sqrt(c2) + self.eps          # sqrt(v_hat) + eps
+            p[rows] = p[rows] - (m[rows] / denom) * (lr / c1)          # theta -= lr m_hat / (sqrt(v_hat) + eps)
+
+    def keep(self, idx: torch.Tensor) -> None:
+        self.m = [m[idx] for m in self.m]
+        self.v = [v[idx] for v in self.v]
+
+
+def _categorical(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """a ~ softmax(logits) by inverse CDF from uniforms u [...]: a = #{k : P(A <= k) <= u} (clamped)."""
+    cdf = torch.softmax(logits, -1).cumsum(-1)
+    return (cdf <= u[..., None]).sum(-1).clamp(max=logits.shape[-1] - 1)
+
+
+@torch.no_grad()
+def evaluate_seeds(nets: SeedNets, seeds: torch.Tensor, episodes: int, max_steps: int, device) -> torch.Tensor:
+    """Greedy returns [S, episodes] of each seed's policy on the torch CartPole; episode j of seed s starts from
+    the state keyed (s, _EVAL, j), the same episodes at every evaluation (as Agent.evaluate with a fixed seed)."""
+    S = len(seeds)
+    env = CartPoleTorch(episodes, counter_bits(seeds, _EVAL).tolist(), device, max_steps)
+    obs = env.reset()
+    ret = torch.zeros(S * episodes, dtype=torch.float64, device=device)
+    alive = torch.ones(S * episodes, dtype=torch.bool, device=device)
+    for _ in range(max_steps):
+        a = nets.logits(obs.view(S, episodes, -1)).argmax(-1).view(-1)    # greedy action
+        obs, r, term, trunc, _ = env.step(a)
+        ret += r * alive
+        alive &= ~(term | trunc)
+        if not bool(alive.any()):
+            break
+    return ret.view(S, episodes)
+
+
+def train_many_seeds(config: PPOConfig, run: Run | None = None) -> dict:
+    """PPO for seeds seed..seed+N-1 at once on the batched torch CartPole; writes result.json (per-seed solve
+    steps and evaluation returns, how many solved) and curves_seeds.png (median and bands over seeds)."""
+    cfg = config
+    run = Run.start("ppo", cfg, run)
+    dev = run.device
+    all_seeds = list(range(cfg.seed, cfg.seed + cfg.num_seeds))
+    S0, T, E, M = len(all_seeds), cfg.num_steps, cfg.num_envs, cfg.minibatch_size
+    B = T * E                                                   # samples per seed per iteration
+    max_steps = cfg.max_episode_steps or 500
+    probe = CartPoleTorch(1)
+    nets = SeedNets(all_seeds, 4, probe.action_space, cfg.hidden, cfg.activation, dev)
+    final_params = [p.clone() for p in nets.params]            # each seed's weights when it leaves (or at the end)
+    adam = SeedAdam(nets.params)
+    env = CartPoleTorch(E, all_seeds, dev, max_steps)
+    env.reset()
+    active = torch.arange(S0, device=dev)                      # positions (in all_seeds) of the seeds still training
+    seeds = torch.tensor(all_seeds, dtype=torch.int64, device=dev)
+    solved_step = [None] * S0
+    best_eval = [None] * S0
+    eval_steps: list[int] = []
+    eval_table: list[np.ndarray] = []                          # per evaluation: [S0] mean returns (nan: not evaluated)
+    iteration, step, eval_seconds, t0 = 0, 0, 0.0, time.perf_counter()
+    bar = run.progress(cfg.total_steps, unit="step", desc=f"ppo x{S0} seeds", enabled=cfg.progress)
+    while step < cfg.total_steps and len(active) > 0:
+        S = len(active)
+        s_keys = seeds[active]
+        frac = 1.0 - step / cfg.total_steps
+        lr = cfg.lr * frac if cfg.anneal_lr else cfg.lr
+        clip = cfg.clip_coef * frac if cfg.anneal_clip else cfg.clip_coef
+
+        # 1. rollout of T steps of E envs per seed with pi_old ----------------------------------------------
+        buf = {k: [] for k in ("obs", "actions", "log_probs", "values", "rewards", "terminated", "dones",
+                               "next_obs")}
+        ep_returns: list[float] = []
+        obs = env.obs.view(S, E, -1)
+        with torch.no_grad():
+            for t in range(T):
+                logits = nets.logits(obs)
+                u = counter_uniform(s_keys[:, None], _ACTIONS, iteration, t, torch.arange(E, device=dev))
+                a = _categorical(logits, u)                                   # a_t ~ pi_old(.|s_t)
+                logp = torch.log_softmax(logits, -1).gather(-1, a[..., None]).squeeze(-1)
+                next_obs, r, term, trunc, info = env.step(a.view(-1))
+                for k, v in (("obs", obs), ("actions", a), ("log_probs", logp), ("values", nets.value(obs)),
+                             ("rewards", r.float().view(S, E)), ("terminated", term.view(S, E)),
+                             ("dones", (term | trunc).view(S, E)), ("next_obs", info["final_obs"].view(S, E, -1))):
+                    buf[k].append(v)
+                ep_returns += info["episode_return"]
+                obs = next_obs.view(S, E, -1)
+            st = {k: torch.stack(v) for k, v in buf.items()}                 # [T, S, E, ...]
+
+            # 2. GAE advantages from V of the true next states (truncation bootstraps, termination does not) ---
+            next_values = nets.value(st["next_obs"].transpose(0, 1).reshape(S, B, -1)).view(S, T, E).transpose(0, 1)
+            adv, ret = gae(st["rewards"].view(T, S * E), st["values"].view(T, S * E), next_values.reshape(T, S * E),
+                           st["terminated"].view(T, S * E), st["dones"].view(T, S * E), cfg.gamma, cfg.gae_lambda)
+        data = {k: _seed_major(v) for k, v in (("obs", st["obs"]), ("actions", st["actions"]),
+                ("log_probs", st["log_probs"]), ("values", st["values"]), ("advantages", adv.view(T, S, E)),
+                ("returns", ret.view(T, S, E)))}
+
+        # 3. K epochs of minibatch steps on each seed's clipped surrogate ------------------------------------
+        kl_sum, clipfrac_sum, n_mb = torch.zeros(S, device=dev), torch.zeros(S, device=dev), 0
+        for epoch in range(cfg.update_epochs):
+            perm = torch.argsort(counter_bits(s_keys[:, None], _MINIBATCHES, iteration, epoch,
+                                              torch.arange(B, device=dev)), dim=1)   # a permutation per seed
+            for start in range(0, B, M):
+                idx = perm[:, start:start + M]
+                mb = {k: v.gather(1, idx.view(S, -1, *[1] * (v.dim() - 2)).expand(-1, -1, *v.shape[2:]))
+                      for k, v in data.items()}
+                for c0 in range(0, S, cfg.seed_chunk):
+                    rows = slice(c0, min(c0 + cfg.seed_chunk, S))
+                    kl, cf = _seed_update(nets, adam, {k: v[rows] for k, v in mb.items()}, rows, cfg, clip, lr)
+                    kl_sum[rows] += kl
+                    clipfrac_sum[rows] += cf
+                adam.t += 1
+                n_mb += 1
+        iteration += 1
+        before, step = step, step + B
+        bar.update(B)
+
+        # evaluation at every --eval-every boundary; seeds that reach --target-return leave the batch ----------
+        metrics = {"train/approx_kl_median": float((kl_sum / n_mb).median()),
+                   "train/clip_fraction_median": float((clipfrac_sum / n_mb).median()), "train/lr": lr,
+                   "train/active_seeds": S}
+        if ep_returns:
+            metrics["rollout/episode_return"] = float(np.mean(ep_returns))
+        if (cfg.eval_every and step // cfg.eval_every > before // cfg.eval_every) or step >= cfg.total_steps:
+            t_eval = time.perf_counter()
+            means = evaluate_seeds(nets, s_keys, cfg.eval_episodes, max_steps, dev).mean(1).cpu()
+            eval_seconds += time.perf_counter() - t_eval
+            row = np.full(S0, np.nan)
+            row[active.cpu().numpy()] = means.numpy()
+            eval_steps.append(step)
+            eval_table.append(row)
+            for j, i in enumerate(active.tolist()):
+                m = float(means[j])
+                best_eval[i] = m if best_eval[i] is None else max(best_eval[i], m)
+            done = torch.zeros(S, dtype=torch.bool)
+            if cfg.target_return is not None:
+                done = means >= cfg.target_return
+                for j in torch.nonzero(done).view(-1).tolist():
+                    solved_step[int(active[j])] = step
+            n_solved = sum(x is not None for x in solved_step)
+            metrics.update({"eval/return_median_active": float(means.median()),
+                            "eval/return_min_active": float(means.min()), "eval/solved_seeds": n_solved})
+            bar.set_postfix(active=S, solved=n_solved, eval_median=f"{float(means.median()):.0f}")
+            if bool(done.any()) or step >= cfg.total_steps:
+                leaving = active[done.to(dev)] if step < cfg.total_steps else active
+                pos = done.to(dev) if step < cfg.total_steps else torch.ones(S, dtype=torch.bool, device=dev)
+                for fp, p in zip(final_params, nets.params):
+                    fp[leaving] = p[pos]
+                keep = torch.nonzero(~done).view(-1).to(dev)
+                nets.params = [p[keep] for p in nets.params]
+                adam.keep(keep)
+                env.keep(keep)
+                active = active[keep]
+        run.log(step, metrics)
+    bar.close()
+    wall = time.perf_counter() - t0
+    result = _many_seeds_result(run, cfg, all_seeds, solved_step, best_eval, eval_steps, eval_table, step, wall,
+                                eval_seconds)
+    if run.enabled:                                            # [S0, ...] stacked weights, as SeedNets.params
+        save_file({f"param_{i}": p.contiguous().cpu() for i, p in enumerate(final_params)},
+                  str(run.dir / "seeds_weights.safetensors"))
+    return run.finish(result, step=step)
+
+
+def _seed_major(x: torch.Tensor) -> torch.Tensor:
+    """Rollout tensors [T, S, E, ...] as [S, T * E, ...] (each seed's samples in one row)."""
+    T, S, E = x.shape[:3]
+    return x.transpose(0, 1).reshape(S, T * E, *x.shape[3:])
+
+
+def _seed_update(nets: SeedNets, adam: SeedAdam, mb: dict[str, torch.Tensor], rows: slice, cfg: PPOConfig,
+                 clip: float, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One minibatch step for the seeds ``rows``: each seed's loss is PPO eq. 9 on its own minibatch; the sum
+    over seeds has each seed's gradient as its block. Returns each seed's approx KL and clip fraction."""
+    params = [p[rows].detach().requires_grad_() for p in nets.params]
+    logits = nets.logits(mb["obs"], params)
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all.gather(-1, mb["actions"][..., None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1).mean(1)           # H[pi(.|s)], per seed
+    log_ratio = logp - mb["log_probs"]
+    ratio = log_ratio.exp()                                           # r_t = pi / pi_old
+    adv = mb["advantages"]
+    if cfg.norm_adv and adv.shape[1] > 1:                             # per seed and minibatch
+        adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
+    pg_loss = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean(1)   # -L^CLIP (eq. 7)
+    value = nets.value(mb["obs"], params)
+    if cfg.clip_vloss:
+        v_clipped = mb["values"] + (value - mb["values"]).clamp(-clip, clip)
+        v_loss = 0.5 * torch.max((value - mb["returns"]) ** 2, (v_clipped - mb["returns"]) ** 2).mean(1)
+    else:
+        v_loss = 0.5 * ((value - mb["returns"]) ** 2).mean(1)
+    loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy     # eq. 9 as a loss, [seeds]
+    grads = torch.autograd.grad(loss.sum(), params)
+    if cfg.max_grad_norm > 0:                                         # clip each seed's global gradient norm
+        norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads))
+        coef = (cfg.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
+        grads = [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads]
+    adam.step(nets.params, grads, rows, lr)
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean(1)
+        clipfrac = ((ratio - 1).abs() > clip).float().mean(1)
+    return approx_kl, clipfrac
+
+
+def _many_seeds_result(run: Run, cfg: PPOConfig, seeds, solved_step, best_eval, eval_steps, eval_table, step,
+                       wall, eval_seconds) -> dict:
+    solved = [s for s in solved_step if s is not None]
+    best = np.array([np.nan if b is None else b for b in best_eval])
+    result = {"run_dir": str(run.dir), "seeds": seeds, "num_seeds": len(seeds), "solved": len(solved),
+              "target_return": cfg.target_return, "eval_episodes": cfg.eval_episodes,
+              "solved_step_median": float(np.median(solved)) if solved else None,
+              "solved_step_min": min(solved) if solved else None, "solved_step_max": max(solved) if solved else None,
+              "best_eval_return_median": float(np.nanmedian(best)), "best_eval_return_min": float(np.nanmin(best)),
+              "env_steps_all_seeds": int(sum(s if s is not None else step for s in solved_step)),
+              "wall_seconds": wall, "eval_seconds": eval_seconds, "train_seconds": wall - eval_seconds,
+              "solved_steps": solved_step, "best_eval_returns": best_eval}
+    if run.enabled and eval_table:
+        _plot_many_seeds(run.dir / "curves_seeds.png", np.array(eval_steps), np.stack(eval_table), solved_step,
+                         cfg.target_return)
+    return result
+
+
+def _plot_many_seeds(path, steps: np.ndarray, table: np.ndarray, solved_step, target) -> None:
+    """Greedy evaluation return over env steps: median, 10-90% and min-max bands over seeds (a seed that left the
+    batch keeps its last value), and the fraction of seeds solved."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    vals = table.copy()
+    for i in range(1, len(vals)):                                     # forward-fill seeds that left the batch
+        vals[i] = np.where(np.isnan(vals[i]), vals[i - 1], vals[i])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax.fill_between(steps, np.nanmin(vals, 1), np.nanmax(vals, 1), alpha=0.2, color="tab:blue", label="min-max")
+    ax.fill_between(steps, np.nanpercentile(vals, 10, 1), np.nanpercentile(vals, 90, 1), alpha=0.35,
+                    color="tab:blue", label="10-90%")
+    ax.plot(steps, np.nanmedian(vals, 1), color="tab:blue", label=f"median of {vals.shape[1]} seeds")
+    if target is not None:
+        ax.axhline(target, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("env steps (per seed)")
+    ax.set_title("eval/return_mean (greedy)")
+    ax.legend(fontsize=8)
+    solved = np.array([np.inf if s is None else s for s in solved_step])
+    ax2.plot(steps, [(solved <= s).mean() for s in steps])
+    ax2.set_xlabel("env steps (per seed)")
+    ax2.set_title("fraction of seeds solved")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 register("ppo", family="rl-deep", config=PPOConfig,
@@ -222,4 +559,4 @@ register("ppo", family="rl-deep", config=PPOConfig,
                "minibatch_size": 32, "eval_every": 128, "eval_episodes": 2, "max_episode_steps": 50,
                "checkpoint_every": 64, "hidden": (16,)})(train)
 
-__all__ = ["PPO", "PPOConfig", "train"]
+__all__ = ["PPO", "PPOConfig", "SeedAdam", "SeedNets", "evaluate_seeds", "train", "train_many_seeds"]
