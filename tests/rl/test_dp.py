@@ -234,3 +234,29 @@ def test_bench_maze_and_reference_v_star():
     assert not TargetRow("x", "cmd", 20.0, "ms", 60.0, "peer", higher_is_better=False, target=5.0).met
     assert not TargetRow("x", "cmd", 1.0, "ms", 60.0, "peer", higher_is_better=False, target=5.0,
                          accurate=False).met                        # fast but not within tol: not met
+
+
+@pytest.mark.parametrize("A", [1, 2, 3, 4, 8, 9])
+def test_rowargmax_is_lowest_maximizer(A):
+    rng = np.random.default_rng(A)
+    Q = rng.integers(0, 3, size=(500, A)).astype(float)            # many ties
+    for q in (Q, np.asfortranarray(Q), Q.T.copy().T):              # C, F and transposed-view layouts
+        np.testing.assert_array_equal(dp._rowargmax(q), np.argmax(Q, 1))
+
+
+def test_diagonal_storage_matches_csr():
+    m = _maze(12, 0.99)                                             # grid: offsets 0, +-1, +-12
+    S, A = m.R.shape
+    Pm, term = m.P_matrix(), m.terminal
+    diag = dp._diagonals(Pm, S, A, term, True)
+    assert diag is not None and set(diag.offsets.tolist()) <= {-12, -1, 0, 1, 12}
+    x = np.random.default_rng(0).normal(size=S)
+    live = ~term
+    Q_csr = m.R + np.asarray(Pm @ x).reshape(S, A)
+    np.testing.assert_allclose(diag.backup(m.R, x)[live], Q_csr[live], rtol=0, atol=1e-14 * S)
+    pol = np.random.default_rng(1).integers(0, A, S)
+    P_pi, r_pi = dp._policy_rows(Pm, m.R, pol, term, True)
+    out = np.empty(S)
+    np.testing.assert_allclose(diag.sweep(diag.policy(pol), r_pi, x, out), r_pi + P_pi @ x, rtol=0, atol=1e-14 * S)
+    rnd = random_mdp(2000, 3, successors=5, gamma=0.9, seed=0, sparse=True)   # successors anywhere: CSR kept
+    assert dp._diagonals(rnd.P_matrix(), 2000, 3, rnd.terminal, True) is None

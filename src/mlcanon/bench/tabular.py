@@ -273,13 +273,28 @@ def _peer_all(peer, mdp: MDP, repeats: int, V_star: np.ndarray) -> dict:
 
 
 def _profile(mdp: MDP, V: np.ndarray, stats: dict) -> str:
-    """Where solve's time goes: counts of backups / evaluation sweeps / LU solves times their unit cost."""
+    """Where solve's time goes: counts of backups / evaluation sweeps / LU solves times their unit cost, in the
+    storage solve used (P by diagonals for grid-like MDPs, else CSR or dense)."""
     Pm, R, g, term = mdp.P_matrix(), mdp.R, mdp.gamma, mdp.terminal
-    t_b, (_, Q) = _best(lambda: dp._backup(Pm, R, g, term, V), 5)
-    pol = Q.argmax(1)
-    t_g, (P_pi, r_pi) = _best(lambda: dp._policy_rows(Pm, R, pol, term, mdp.is_sparse), 5)
-    t_e, _ = _best(lambda: g * (P_pi @ V) + r_pi, 5)
-    parts = [f"{stats['backups']} backups x {t_b * 1e3:.3g} ms"]
+    S, A = R.shape
+    t_d, diag = _best(lambda: dp._diagonals(Pm, S, A, term, mdp.is_sparse), 5)
+    x = g * V
+    if diag is not None:
+        t_b, Q = _best(lambda: diag.backup(R, x), 5)
+        pol = dp._rowargmax(Q)
+        t_g, band = _best(lambda: diag.policy(pol), 5)
+        out = np.empty(S)
+        t_e, _ = _best(lambda: diag.sweep(band, R[np.arange(S), pol], x, out), 5)
+        P_pi, r_pi = dp._policy_rows(Pm, R, pol, term, True)
+    else:
+        t_b, (_, Q) = _best(lambda: dp._backup(Pm, R, g, term, V), 5)
+        pol = dp._rowargmax(Q)
+        t_g, (P_pi, r_pi) = _best(lambda: dp._policy_rows(Pm, R, pol, term, mdp.is_sparse), 5)
+        out = np.empty(S)
+        t_e, _ = _best(lambda: dp._affine(P_pi, r_pi, x, out), 5)
+    parts = [f"P by {len(diag.offsets)} diagonals per action (built in {t_d * 1e3:.3g} ms)" if diag is not None
+             else f"P {'CSR' if mdp.is_sparse else 'dense'}",
+             f"{stats['backups']} backups x {t_b * 1e3:.3g} ms"]
     if stats["eval_sweeps"]:
         parts.append(f"{stats['eval_sweeps']} evaluation sweeps x {t_e * 1e3:.3g} ms")
     if stats["eval_sweeps"] or stats["solves"]:
