@@ -118,9 +118,13 @@ def load_mnist_like(name: str, split: str, data_dir=None, val_fraction: float = 
     labels = read_idx_gz(paths[lab_file], 1)
     if len(images) != len(labels):
         raise UserError(f"{name}: {img_file} has {len(images)} images but {lab_file} {len(labels)} labels")
-    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)  # [N, 1, 28, 28] in [0, 1]
+    if split != "test":                      # carve the split out of the uint8 array: only it is converted
+        idx = carve(len(images), split, val_fraction).numpy()
+        images, labels = images[idx], labels[idx]
+    else:
+        check_fraction("val_fraction", val_fraction)
+    x = torch.from_numpy(np.divide(images, np.float32(255.0), dtype=np.float32)).unsqueeze(1)   # [N, 1, 28, 28]
     y = torch.from_numpy(labels.astype(np.int64))
-    x, y = _train_valid(x, y, split, val_fraction)
     classes = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
     return ArrayDataset(x, y, name=name, split=split, kind="image", num_classes=10, classes=classes)
 
