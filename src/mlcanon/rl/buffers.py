@@ -39,25 +39,31 @@ class ReplayBuffer:
         self.dones = torch.zeros(capacity, dtype=torch.bool)
         self.pos, self.size = 0, 0
         self.generator = torch.Generator().manual_seed(int(seed))
+        self._np = {k: getattr(self, k).numpy() for k in ("obs", "next_obs", "actions", "rewards", "terminated",
+                                                          "dones")}   # views: writes land in the tensors
 
     def __len__(self) -> int:
         return self.size
 
     def add(self, obs, actions, rewards, next_obs, terminated, dones) -> torch.Tensor:
-        """Insert one step of the N envs (each argument has a leading axis N); returns the slots written."""
+        """Insert one step of the N envs (each argument has a leading axis N); returns the slots written.
+
+        The values are written through numpy views of the storage tensors (one DQN insert per env step: torch's
+        indexing overhead would be several times the copy)."""
         n = len(rewards)
         if n > self.capacity:
             raise ValueError(f"cannot insert {n} transitions into a buffer of capacity {self.capacity}")
-        idx = (self.pos + torch.arange(n)) % self.capacity             # ring: overwrite the oldest
-        self.obs[idx] = torch.as_tensor(obs, dtype=self.obs.dtype)
-        self.next_obs[idx] = torch.as_tensor(next_obs, dtype=self.obs.dtype)
-        self.actions[idx] = torch.as_tensor(actions, dtype=self.actions.dtype).reshape(self.actions[idx].shape)
-        self.rewards[idx] = torch.as_tensor(rewards, dtype=torch.float32)
-        self.terminated[idx] = torch.as_tensor(terminated, dtype=torch.bool)
-        self.dones[idx] = torch.as_tensor(dones, dtype=torch.bool)
+        idx = (self.pos + np.arange(n)) % self.capacity                 # ring: overwrite the oldest
+        a = self._np
+        a["obs"][idx] = np.asarray(obs).reshape(a["obs"][idx].shape)
+        a["next_obs"][idx] = np.asarray(next_obs).reshape(a["next_obs"][idx].shape)
+        a["actions"][idx] = np.asarray(actions).reshape(a["actions"][idx].shape)
+        a["rewards"][idx] = np.asarray(rewards)
+        a["terminated"][idx] = np.asarray(terminated)
+        a["dones"][idx] = np.asarray(dones)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
-        return idx
+        return torch.from_numpy(idx)
 
     def _indices(self, batch_size: int) -> torch.Tensor:
         return torch.randint(self.size, (batch_size,), generator=self.generator)   # uniform over stored

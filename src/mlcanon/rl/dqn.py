@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,7 +81,8 @@ class QNetwork(nn.Module):
 
     def __init__(self, obs_dim: int, n_actions: int, hidden: tuple[int, ...], activation: str, dueling: bool):
         super().__init__()
-        self.dueling = dueling
+        self.dueling, self.activation = dueling, activation
+        self._np_layers: list | None = None        # numpy views of the weights (forward_numpy)
         if dueling:
             self.trunk = mlp(obs_dim, hidden[:-1], hidden[-1], activation)
             self.act = nn.ReLU() if activation == "relu" else nn.Tanh()
@@ -96,6 +98,24 @@ class QNetwork(nn.Module):
         a = self.advantage(h)
         return self.value(h) + a - a.mean(-1, keepdim=True)       # V + A - mean A
 
+    def forward_numpy(self, obs: np.ndarray) -> np.ndarray:
+        """forward() in numpy on views of the (CPU) weights, for acting on a few observations: torch's per-call
+        overhead is several times the arithmetic of a [1, 4] x [4, 256] x [256, 256] product. The views follow
+        the in-place updates of the optimizer and of load_state_dict."""
+        if self._np_layers is None:
+            linears = [m for m in self.modules() if isinstance(m, nn.Linear)]   # in forward()'s order
+            self._np_layers = [(m.weight.detach().numpy().T, m.bias.detach().numpy()) for m in linears]
+        h = np.asarray(obs, dtype=np.float32)
+        for w, b in (self._np_layers[:-2] if self.dueling else self._np_layers[:-1]):
+            h = h @ w + b
+            h = np.maximum(h, 0.0) if self.activation == "relu" else np.tanh(h)
+        if not self.dueling:
+            w, b = self._np_layers[-1]
+            return h @ w + b
+        (wv, bv), (wa, ba) = self._np_layers[-2:]
+        a = h @ wa + ba
+        return (h @ wv + bv) + a - a.mean(-1, keepdims=True)      # V + A - mean A
+
 
 class DQN(Agent):
     name = "dqn"
@@ -109,7 +129,8 @@ class DQN(Agent):
         self.target = QNetwork(self.obs_dim, self.n_actions, config.hidden, config.activation, config.dueling)
         self.target.to(self.device).load_state_dict(self.q.state_dict())   # theta^- = theta
         self.target.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.lr, fused=True)
+        self.params = list(self.q.parameters())
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, fused=True)
 
     def modules(self):
         return {"q": self.q}
@@ -122,8 +143,23 @@ class DQN(Agent):
         explore = torch.rand(len(obs), device=obs.device) < eps
         return torch.where(explore, torch.randint(self.n_actions, (len(obs),), device=obs.device), greedy)
 
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """argmax_a Q(s, a) for a batch of observations [n, obs_dim] (numpy in, numpy out)."""
+        if self.device.type == "cpu":
+            return self.q.forward_numpy(obs).argmax(-1)
+        with torch.no_grad():
+            return self.q(torch.as_tensor(obs, device=self.device)).argmax(-1).cpu().numpy()
+
+    def act(self, obs, deterministic: bool = False) -> np.ndarray:
+        if not deterministic:
+            return super().act(obs, deterministic)
+        x = np.asarray(obs, dtype=np.float32)
+        single = x.ndim == len(self.obs_shape)
+        a = self.greedy(x[None] if single else x)          # evaluation: the greedy policy, without torch calls
+        return a[0] if single else a
+
     def learn(self, total_steps: int | None = None, run: Run | None = None) -> dict:
-        cfg, dev = self.config, self.device
+        cfg = self.config
         total = total_steps or cfg.total_steps
         N = cfg.num_envs
         env = VecEnv(cfg.env, N, cfg.seed, cfg.max_episode_steps or None)
@@ -139,47 +175,63 @@ class DQN(Agent):
             after = step + N
             # 1. epsilon-greedy action (uniform during the warm-up) ----------------------------------------
             eps = 1.0 if step < cfg.learning_starts else float(epsilon(step))
-            obs = torch.as_tensor(env.obs, device=dev)
-            with torch.no_grad():
-                greedy = self.q(obs).argmax(-1)
-            explore = torch.rand(N, device=dev) < eps
-            action = torch.where(explore, torch.randint(self.n_actions, (N,), device=dev), greedy)
+            obs = env.obs
+            explore = torch.rand(N).numpy() < eps
+            uniform = torch.randint(self.n_actions, (N,)).numpy()
+            action = uniform if explore.all() else np.where(explore, uniform, self.greedy(obs))
             # 2. env step, store (s, a, r, s', terminated, done) ----------------------------------------------
-            _, reward, term, trunc, info = env.step(action.cpu().numpy())
-            buffer.add(obs.cpu(), action.cpu(), reward, info["final_obs"], term, term | trunc)
+            _, reward, term, trunc, info = env.step(action)
+            buffer.add(obs, action, reward, info["final_obs"], term, term | trunc)
             metrics = {"train/epsilon": eps, **episode_metrics(info)}
             # 3. target network update --------------------------------------------------------------------
             if after // cfg.target_update_every > step // cfg.target_update_every:
                 polyak_update(self.target, self.q, cfg.tau)      # theta^- <- tau theta + (1 - tau) theta^-
             # 4. training phase ------------------------------------------------------------------------------
             if after > cfg.learning_starts and after // cfg.train_every > step // cfg.train_every:
-                beta = beta_at(after, total, cfg.per_beta)
-                out = torch.stack([self.update(buffer, beta) for _ in range(cfg.gradient_steps)]).mean(0)
+                out = self.train_phase(buffer, beta_at(after, total, cfg.per_beta))
                 metrics.update({"train/loss": float(out[0]), "train/q_mean": float(out[1])})
             self.end_iteration(loop, N, metrics)
         loop.close()
         env.close()
         return self.summary()
 
-    def update(self, buffer: ReplayBuffer, beta: float) -> torch.Tensor:
-        """One gradient step on a replay minibatch; returns [loss, mean Q(s, a)] (read once per phase)."""
-        cfg, dev = self.config, self.device
+    def train_phase(self, buffer: ReplayBuffer, beta: float) -> torch.Tensor:
+        """``--gradient-steps`` minibatch steps; returns the mean [loss, Q(s, a)] over them (read once per phase).
+
+        theta^- is frozen during a phase (it moves every ``--target-update-every`` ENV steps), so with uniform
+        replay the G minibatches are drawn at once and, for DQN, their TD targets come from ONE pass of the
+        target net over the G*B next states: the same targets as G passes, one large matrix product instead of
+        G small ones. Prioritized replay draws each minibatch after the previous priority update."""
+        cfg, G, B = self.config, self.config.gradient_steps, self.config.batch_size
         if cfg.prioritized:
-            b = buffer.sample(cfg.batch_size, cfg.n_step, cfg.gamma, beta=beta)
+            batches = (buffer.sample(B, cfg.n_step, cfg.gamma, beta=beta) for _ in range(G))
         else:
-            b = buffer.sample(cfg.batch_size, cfg.n_step, cfg.gamma)
-        b = {k: v.to(dev) for k, v in b.items()}
-        with torch.no_grad():
-            q_next = self.target(b["next_obs"])
-            if cfg.double:   # a* = argmax_a Q(s', a; theta), evaluated by theta^-
-                q_next = q_next.gather(1, self.q(b["next_obs"]).argmax(-1, keepdim=True)).squeeze(1)
-            else:            # max_a Q(s', a; theta^-)
-                q_next = q_next.max(-1).values
-            y = b["rewards"] + b["discount"] * (~b["terminated"]).float() * q_next   # TD target
-        q_all = self.q(b["obs"])
-        q_sa = q_all.gather(1, b["actions"].view(-1, 1)).squeeze(1)               # Q(s, a)
-        B = q_sa.shape[0]
-        assert y.shape == q_sa.shape == (B,), (y.shape, q_sa.shape)
+            big = {k: v.to(self.device) for k, v in buffer.sample(G * B, cfg.n_step, cfg.gamma).items()}
+            if not cfg.double:
+                big["y"] = self.td_target(big)
+            batches = ({k: v[g * B:(g + 1) * B] for k, v in big.items()} for g in range(G))
+        total = torch.zeros(2, device=self.device)
+        for b in batches:
+            total += self.update(b, buffer)
+        return total / G
+
+    @torch.no_grad()
+    def td_target(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """y = r + gamma^m (1 - terminated) Q_target(s', a*), a* = argmax of Q_target (DQN) or of Q (Double DQN)."""
+        q_next = self.target(b["next_obs"])
+        if self.config.double:   # a* = argmax_a Q(s', a; theta), evaluated by theta^-
+            q_next = q_next.gather(1, self.q(b["next_obs"]).argmax(-1, keepdim=True)).squeeze(1)
+        else:                    # max_a Q(s', a; theta^-)
+            q_next = q_next.max(-1).values
+        return b["rewards"] + b["discount"] * (~b["terminated"]).float() * q_next
+
+    def update(self, b: dict[str, torch.Tensor], buffer: ReplayBuffer) -> torch.Tensor:
+        """One gradient step on a replay minibatch; returns [loss, mean Q(s, a)]."""
+        cfg = self.config
+        b = {k: v.to(self.device) for k, v in b.items()}
+        y = b["y"] if "y" in b else self.td_target(b)                             # TD target
+        q_sa = self.q(b["obs"]).gather(1, b["actions"].view(-1, 1)).squeeze(1)   # Q(s, a)
+        assert y.shape == q_sa.shape == (len(q_sa),), (y.shape, q_sa.shape)
         td = y - q_sa
         per_item = F.smooth_l1_loss(q_sa, y, reduction="none") if cfg.loss == "huber" else td.pow(2)
         w = b.get("weights")
@@ -187,7 +239,7 @@ class DQN(Agent):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.q.parameters(), cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
         if cfg.prioritized:
             buffer.update_priorities(b["indices"], td.detach())                   # p_i = |delta_i| + eps
