@@ -474,9 +474,7 @@ def plot_curves(run_dir: str | Path, records: Iterable[dict] | None = None, out:
     records = list(records) if records is not None else read_metrics(run_dir)
     if not records:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure registry
 
     series: dict[str, tuple[list, list]] = {}
     for r in records:
@@ -494,7 +492,8 @@ def plot_curves(run_dir: str | Path, records: Iterable[dict] | None = None, out:
         return None
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(4.5 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, g in zip(axes.flat, names):
         for k in sorted(groups[g]):
             xs, ys = series[k]
@@ -508,5 +507,4 @@ def plot_curves(run_dir: str | Path, records: Iterable[dict] | None = None, out:
     fig.tight_layout()
     out = Path(out) if out else Path(run_dir) / "curves.png"
     fig.savefig(out, dpi=90)
-    plt.close(fig)
     return out

@@ -12,13 +12,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt
 
 
 def default_target_layer(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -100,7 +96,9 @@ def save_overlays(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str |
     n = len(x)
     cols = min(8, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.7 * rows), squeeze=False)
+    from matplotlib.figure import Figure  # (lazy: matplotlib costs start-up time of every classifier run)
+    fig = Figure(figsize=(1.5 * cols, 1.7 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -115,5 +113,4 @@ def save_overlays(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: str |
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
