@@ -23,13 +23,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from mlcanon.config import option
+from mlcanon.config import from_dict, option
 from mlcanon.errors import UserError
 from mlcanon.registry import register
 from mlcanon.rl.agent import (
@@ -48,7 +49,7 @@ from mlcanon.rl.cartpole_torch import CartPoleTorch, counter_bits, counter_unifo
 from mlcanon.rl.policies import ActorCritic
 from mlcanon.rl.returns import explained_variance, gae
 from mlcanon.rl.vec_env import ObsNormalizer, RewardScaler, VecEnv
-from mlcanon.runs import Run
+from mlcanon.runs import Run, read_config
 from mlcanon.training import TrainState
 
 
@@ -280,6 +281,14 @@ class SeedNets:
             self.params.append(torch.stack([ls[i].weight.detach().T for ls in linears]).contiguous().to(device))
             self.params.append(torch.stack([ls[i].bias.detach()[None] for ls in linears]).to(device))
         self.act = _Tanh.apply if activation == "tanh" else torch.relu
+
+    @classmethod
+    def from_params(cls, params: list[torch.Tensor], n_actor: int, activation: str) -> SeedNets:
+        """Nets from stacked weights (a run's seeds_weights.safetensors), without building S modules."""
+        nets = cls.__new__(cls)
+        nets.params, nets.n_actor = list(params), n_actor
+        nets.act = _Tanh.apply if activation == "tanh" else torch.relu
+        return nets
 
     def _mlp(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         n = len(params) // 2
@@ -567,9 +576,32 @@ def _plot_many_seeds(path, steps: np.ndarray, table: np.ndarray, solved_step, ta
     plt.close(fig)
 
 
+def evaluate_ppo_run(run_dir: Path, options: RLEvalOptions | None = None) -> dict:
+    """``mlcanon eval RUN_DIR``; on a ``--torch-env --num-seeds`` run, every seed's weights (saved when it solved, or
+    at the end) are evaluated greedily on the torch CartPole: per-seed means, how many reach the target."""
+    options = options or RLEvalOptions()
+    weights = Path(run_dir) / "seeds_weights.safetensors"
+    if not weights.is_file():
+        return evaluate_run(run_dir, options)
+    if options.stochastic:
+        raise UserError("--stochastic: a --num-seeds --torch-env run is evaluated greedily only; drop --stochastic")
+    cfg = from_dict(PPOConfig, read_config(run_dir)["config"], source=f"{run_dir}/config.json")
+    w = load_file(str(weights))
+    nets = SeedNets.from_params([w[f"param_{i}"] for i in range(len(w))], len(cfg.hidden) + 1, cfg.activation)
+    seeds = torch.arange(cfg.seed, cfg.seed + cfg.num_seeds) + 1_000_003 * (options.seed + 1)   # fresh episodes
+    means = evaluate_seeds(nets, seeds, options.episodes, cfg.max_episode_steps or 500, "cpu").mean(1)
+    target = cfg.target_return if cfg.target_return is not None else 475.0
+    n_ok = int((means >= target).sum())
+    return {"eval/return_mean_median": float(means.median()), "eval/return_mean_min": float(means.min()),
+            "seeds": len(means), "seeds_at_target": n_ok, "target_return": target, "episodes": options.episodes,
+            "seed_return_means": [round(float(m), 3) for m in means],
+            "summary": f"{n_ok}/{len(means)} seeds with a mean greedy return >= {target:g} over {options.episodes} "
+                       f"new episodes each; median {float(means.median()):.1f}, min {float(means.min()):.1f}"}
+
+
 register("ppo", family="rl-deep", config=PPOConfig,
          description="proximal policy optimization: clipped surrogate, GAE, minibatch epochs (discrete/Gaussian)",
-         evaluate=evaluate_run, sample=sample_run, load=load_agent, eval_options=RLEvalOptions,
+         evaluate=evaluate_ppo_run, sample=sample_run, load=load_agent, eval_options=RLEvalOptions,
          sample_options=RLSampleOptions,
          tiny={"env": "CartPole-v1", "total_steps": 256, "num_envs": 2, "num_steps": 32, "update_epochs": 2,
                "minibatch_size": 32, "eval_every": 128, "eval_episodes": 2, "max_episode_steps": 50,

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from mlcanon.errors import UserError
+from mlcanon.rl.agent import RLEvalOptions
 from mlcanon.rl.cartpole_torch import CartPoleTorch
 from mlcanon.rl.policies import ActorCritic
 from mlcanon.rl.ppo import (
@@ -21,6 +22,7 @@ from mlcanon.rl.ppo import (
     SeedAdam,
     SeedNets,
     _categorical,
+    evaluate_ppo_run,
     evaluate_seeds,
     train,
     train_many_seeds,
@@ -126,6 +128,10 @@ def test_solved_seeds_leave_the_batch_and_keep_their_weights(tmp_path):
     # target 0: every seed solves at the first evaluation (step 256) and training stops there
     r = train(PPOConfig(seed=0, num_seeds=4, target_return=0.0, out_dir=str(tmp_path), **TINY))
     assert r["solved"] == 4 and r["solved_steps"] == [256] * 4 and r["env_steps_all_seeds"] == 4 * 256
+    # `mlcanon eval RUN_DIR` evaluates every seed's saved weights on new episodes
+    ev = evaluate_ppo_run(Path(r["run_dir"]), RLEvalOptions(episodes=2))
+    assert ev["seeds"] == 4 and len(ev["seed_return_means"]) == 4 and ev["seeds_at_target"] == 4
+    assert ev["eval/return_mean_min"] >= 1.0
 
 
 def test_vectorized_seeds_reject_options_they_do_not_support():
