@@ -44,15 +44,15 @@ class ClassifierConfig(TrainConfig):
     data_dir: str | None = option(None, "folder with data files (default: $MLCANON_DATA, then ~/.cache/mlcanon)")
     model: str = option("mlp", "architecture: mlp, cnn, resnet, vit, lstm")
     # None below: the recipe's value for this data set and model (RECIPES, else BASE); see effective()
-    epochs: int | None = option(None, "passes over the training set (default: 2 for mnist cnn, else 20; the "
+    epochs: int | None = option(None, "passes over the training set (default: 1 for mnist cnn, else 20; the "
                                       "budget unless --max-steps is set)", min=1)
-    batch_size: int | None = option(None, "global mini-batch size (default: 128 for mnist cnn, else 64)", min=1)
-    lr: float | None = option(None, "peak learning rate (default: 3e-3 for mnist cnn, else 1e-3)", min=0.0)
+    batch_size: int | None = option(None, "global mini-batch size (default: 64)", min=1)
+    lr: float | None = option(None, "peak learning rate (default: 5e-3 for mnist cnn, else 1e-3)", min=0.0)
     lr_schedule: str | None = option(None, "learning-rate decay after warm-up: constant, cosine (to 0) or linear "
                                            "(to 0) (default: cosine for mnist cnn, else constant)",
                                      choices=LR_SCHEDULES)
     warmup_steps: int | None = option(None, "linear learning-rate warm-up from 0 over this many steps (default: "
-                                            "80, about 1/5 epoch, for mnist cnn, else 0)", min=0)
+                                            "160, about 1/5 epoch, for mnist cnn, else 0)", min=0)
     width: int | None = option(None, "hidden units (mlp), channels x 4 (cnn), channels x 8 (resnet), model dim "
                                      "(vit/lstm) (default: 64 for mnist cnn, else 256)", min=1)
     depth: int | None = option(None, "hidden layers (mlp), conv blocks (cnn, <= 3), residual stages (resnet), "
@@ -61,7 +61,8 @@ class ClassifierConfig(TrainConfig):
                                          min=1)
     dropout: float = option(0.0, "dropout probability", min=0.0, max=0.99)
     loss: str = option("cross-entropy", "loss function", choices=("cross-entropy", "mse"))
-    label_smoothing: float = option(0.0, "cross-entropy label smoothing", min=0.0, max=1.0)
+    label_smoothing: float | None = option(None, "cross-entropy label smoothing (default: 0.1 for mnist cnn, else 0)",
+                                           min=0.0, max=1.0)
     val_fraction: float = option(0.1, "fraction of train held out for validation (where no official split)",
                                  min=0.0, max=0.5)
     train_subset: int = option(0, "use only the first N training examples (0: all)", min=0)
@@ -90,13 +91,17 @@ class ClassifierConfig(TrainConfig):
 
     #: values of the None fields above when the user leaves them unset, per (dataset, model); BASE otherwise.
     #: mnist + cnn: the CPU-shaped recipe of issue 15: [conv3x3 -> maxpool -> BN -> ReLU] x3 with 16, 32, 64
-    #: channels (channels_last), Adam 3e-3, batch 128, 80 warm-up steps (~1/5 epoch) then cosine to 0, 2 epochs:
-    #: 99.20% / 99.16-99.19% test accuracy (seed 0, pool-first / pool-last blocks), ~50 CPU seconds in all.
+    #: channels (channels_last), Adam 5e-3, batch 64, 160 warm-up steps (~1/5 epoch) then cosine to 0 over ONE
+    #: epoch, label smoothing 0.1: 99.19-99.26% test accuracy (seeds 0-2), 21-26 CPU seconds per run in all.
+    #: One epoch, seeds 0-1 (0-2): Adam 3e-3 batch 128 without smoothing 99.00-99.08%; with smoothing 0.1
+    #: 99.09-99.10%; batch 64 Adam 3e-3 with smoothing 99.12-99.15%. Two epochs (Adam 3e-3, batch 128): 99.20%.
     BASE: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 64, "lr": 1e-3, "lr_schedule": "constant",
-                                      "warmup_steps": 0, "width": 256, "depth": 2, "convs_per_block": 2}
+                                      "warmup_steps": 0, "width": 256, "depth": 2, "convs_per_block": 2,
+                                      "label_smoothing": 0.0}
     RECIPES: ClassVar[dict[tuple[str, str], dict[str, Any]]] = {
-        ("mnist", "cnn"): {"epochs": 2, "batch_size": 128, "lr": 3e-3, "lr_schedule": "cosine",
-                           "warmup_steps": 80, "width": 64, "depth": 3, "convs_per_block": 1},
+        ("mnist", "cnn"): {"epochs": 1, "batch_size": 64, "lr": 5e-3, "lr_schedule": "cosine",
+                           "warmup_steps": 160, "width": 64, "depth": 3, "convs_per_block": 1,
+                           "label_smoothing": 0.1},
     }
 
     def effective(self):
@@ -249,7 +254,7 @@ def load_model(run_dir: str | Path, tag: str = "best") -> tuple[nn.Module, Class
     model = make_model(config, ds.input_shape, ds.num_classes)
     if config.weight_noise:
         model = WeightNoise(model, config.weight_noise)
-    return load_weights(model, run_dir, tag), config
+    return load_weights(model, run_dir, tag), config.effective()
 
 
 @dataclasses.dataclass
