@@ -9,7 +9,13 @@ Each env step, top to bottom (the structure of CleanRL's dqn.py):
        y = r + gamma^m (1 - terminated) Q_target(s', argmax_a' Q(s', a'))   (Double DQN, van Hasselt et al. 2016)
        y = r + gamma^m (1 - terminated) max_a' Q_target(s', a')             (DQN, Mnih et al. 2015)
        L = mean_i w_i huber(y_i - Q(s_i, a_i))   (Huber or MSE; w_i = 1, or the prioritized-replay IS weights)
-   with m = 1, or the n-step return (Sutton & Barto eq. 7.1; Hessel et al. 2018).
+   with m = 1, or the n-step return (Sutton & Barto eq. 7.1; Hessel et al. 2018). theta^- does not move during
+   a phase, so the phase draws its minibatches at once and computes their DQN targets in one pass (see
+   :meth:`DQN.train_phase`).
+The semantics are SB3's and CleanRL's: the target update interval counts env steps, epsilon decays linearly over
+``--exploration-fraction`` of the budget, random actions before ``--learning-starts``, Huber loss, gradient norm
+clipped to 10, Adam (eps 1e-8), greedy evaluation, truncation bootstraps. Greedy actions are computed in numpy on
+views of the weights (:meth:`QNetwork.forward_numpy`): per env step, torch's call overhead would dominate.
 Options: dueling heads Q = V + A - mean_a A (Wang et al. 2016, eq. 9); prioritized replay (Schaul et al. 2016).
 Defaults are rl-baselines3-zoo's CartPole-v1 hyperparameters.
 """
@@ -204,7 +210,8 @@ class DQN(Agent):
         G small ones. Prioritized replay draws each minibatch after the previous priority update."""
         cfg, G, B = self.config, self.config.gradient_steps, self.config.batch_size
         if cfg.prioritized:
-            batches = (buffer.sample(B, cfg.n_step, cfg.gamma, beta=beta) for _ in range(G))
+            batches = ({k: v.to(self.device) for k, v in buffer.sample(B, cfg.n_step, cfg.gamma, beta=beta).items()}
+                       for _ in range(G))
         else:
             big = {k: v.to(self.device) for k, v in buffer.sample(G * B, cfg.n_step, cfg.gamma).items()}
             if not cfg.double:
@@ -226,23 +233,24 @@ class DQN(Agent):
         return b["rewards"] + b["discount"] * (~b["terminated"]).float() * q_next
 
     def update(self, b: dict[str, torch.Tensor], buffer: ReplayBuffer) -> torch.Tensor:
-        """One gradient step on a replay minibatch; returns [loss, mean Q(s, a)]."""
+        """One gradient step on a replay minibatch (on the device); returns [loss, mean Q(s, a)]."""
         cfg = self.config
-        b = {k: v.to(self.device) for k, v in b.items()}
         y = b["y"] if "y" in b else self.td_target(b)                             # TD target
         q_sa = self.q(b["obs"]).gather(1, b["actions"].view(-1, 1)).squeeze(1)   # Q(s, a)
         assert y.shape == q_sa.shape == (len(q_sa),), (y.shape, q_sa.shape)
-        td = y - q_sa
-        per_item = F.smooth_l1_loss(q_sa, y, reduction="none") if cfg.loss == "huber" else td.pow(2)
         w = b.get("weights")
-        loss = (per_item * w).mean() if w is not None else per_item.mean()        # IS-weighted TD loss
+        loss_fn = F.smooth_l1_loss if cfg.loss == "huber" else F.mse_loss
+        if w is None:
+            loss = loss_fn(q_sa, y)                                               # mean_i huber(y_i - Q(s_i, a_i))
+        else:
+            loss = (loss_fn(q_sa, y, reduction="none") * w).mean()                # IS-weighted TD loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
         if cfg.prioritized:
-            buffer.update_priorities(b["indices"], td.detach())                   # p_i = |delta_i| + eps
+            buffer.update_priorities(b["indices"], (y - q_sa).detach())           # p_i = |delta_i| + eps
         return torch.stack([loss.detach(), q_sa.detach().mean()])
 
 
