@@ -41,6 +41,7 @@ IMAGE = {
     "realnvp-actnorm": (realnvp.build, realnvp.RealNVPConfig(dataset="mnist", hidden=4, levels=2, norm="actnorm")),
     "glow": (glow.build, glow.GlowConfig(dataset="mnist", hidden=4, levels=2, steps=1)),
     "glow-plain": (glow.build, glow.GlowConfig(dataset="mnist", hidden=4, levels=2, steps=1, lu=False)),
+    "glow-no-prior": (glow.build, glow.GlowConfig(dataset="mnist", hidden=4, levels=2, steps=1, learned_prior=False)),
     "maf": (maf.build, maf.MAFConfig(dataset="mnist", layers=2, hidden=20)),
     "iaf": (iaf.build_iaf, iaf.IAFConfig(dataset="mnist", layers=1, hidden=20)),
 }
@@ -161,3 +162,26 @@ def test_multiscale_factors_out_half_per_level():
     assert ms.shapes == [((2, 2, 2), (2, 2, 2)), ((0,), (8, 1, 1))]
     model_r = image_model("realnvp")
     assert model_r.flow.layers[1].shapes[0] == ((2, 2, 2), (2, 2, 2))
+
+
+def test_glow_learned_prior_is_the_conditional_gaussian_of_the_factored_half():
+    """log p(x) with the learned prior minus log p(x) with N(0, I) on the factored half equals
+    sum log N(z_out; mu(h), sigma(h)) - log N(z_out; 0, I), the densities written with torch.distributions."""
+    model = image_model("glow")                                   # perturbed: mu, sigma far from 0, 1
+    ms = model.flow.layers[1]
+    assert ms.priors is not None and len(ms.priors) == 1
+    x = 0.02 + 0.96 * torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with_prior = model.log_prob(x)
+    priors, ms.priors = ms.priors, None                           # the same flow with an N(0, I) factored half
+    without = model.log_prob(x)
+    h0, _ = model.flow.layers[0](x)                               # logit
+    h1, _ = ms.levels[0](h0)                                      # level 1 output, before the split
+    out, kept = h1.chunk(2, dim=1)
+    ms.priors = priors
+    mu, log_sigma = priors[0].net(kept).chunk(2, dim=1)
+    assert log_sigma.abs().max() > 0.05 and mu.abs().max() > 0.05
+    gauss = torch.distributions.Normal(mu, log_sigma.exp()).log_prob(out).flatten(1).sum(1)
+    std = torch.distributions.Normal(0.0, 1.0).log_prob(out).flatten(1).sum(1)
+    assert torch.allclose(with_prior - without, gauss - std, atol=1e-9)
+    zero = glow.build(IMAGE["glow"][1], (1, 4, 4), True)          # zero-initialized: starts as N(0, I)
+    assert all(float(p.abs().max()) == 0 for p in zero.flow.layers[1].priors.parameters())

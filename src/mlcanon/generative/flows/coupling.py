@@ -138,16 +138,40 @@ class AffineCoupling(FlowLayer):
 
 
 # ----------------------------------------------------------------------------------------- multi-scale
+class SplitPrior(nn.Module):
+    """Glow's learned prior of a factored-out half (Kingma & Dhariwal 2018, section 3 and their code's
+    ``split2d``): z_out ~ N(mu(h), exp(log_sigma(h))^2) given the kept half h, with (mu, log_sigma) from a 3x3
+    convolution initialized at zero (so it starts as the N(0, I) prior). As a flow step it standardizes,
+    eps = (z_out - mu) / sigma with log|det| = -sum log sigma, so the base stays N(0, I) and
+    log N(z_out; mu, sigma) = log N(eps; 0, I) - sum log sigma exactly."""
+
+    def __init__(self, kept_channels: int, out_channels: int):
+        super().__init__()
+        self.net = nn.Conv2d(kept_channels, 2 * out_channels, 3, padding=1)
+        nn.init.zeros_(self.net.weight)
+        nn.init.zeros_(self.net.bias)
+
+    def standardize(self, out: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_sigma = self.net(h).chunk(2, dim=1)
+        return (out - mu) * torch.exp(-log_sigma), -sum_except_batch(log_sigma)
+
+    def unstandardize(self, eps: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_sigma = self.net(h).chunk(2, dim=1)
+        return eps * torch.exp(log_sigma) + mu, sum_except_batch(log_sigma)
+
+
 class MultiScale(FlowLayer):
     """The multi-scale architecture (RealNVP 3.6; Glow figure 2): after each level but the last, half of the
     channels are factored out (sent straight to the base distribution) and the next level works on the rest.
 
     ``levels`` are flow layers on images; ``input_shape`` is (C, H, W). forward returns z flattened to
     [B, D] (the factored-out parts, level by level, then the last level's output), so the base distribution
-    is over D = C H W values; inverse takes that [B, D] vector back.
+    is over D = C H W values; inverse takes that [B, D] vector back. ``learned_prior``: each factored-out half
+    gets Glow's conditional prior N(mu(h), sigma(h)) given the half that goes on (:class:`SplitPrior`), else
+    N(0, I) (RealNVP).
     """
 
-    def __init__(self, levels: list[FlowLayer], input_shape: tuple[int, int, int]):
+    def __init__(self, levels: list[FlowLayer], input_shape: tuple[int, int, int], learned_prior: bool = False):
         super().__init__()
         self.levels = nn.ModuleList(levels)
         self.input_shape = tuple(input_shape)
@@ -163,6 +187,8 @@ class MultiScale(FlowLayer):
                     self.shapes.append((tuple(out.shape[1:]), tuple(h.shape[1:])))
                 else:
                     self.shapes.append(((0,), tuple(h.shape[1:])))
+        self.priors = nn.ModuleList(SplitPrior(kept[0], out[0]) for out, kept in self.shapes[:-1]) \
+            if learned_prior else None
 
     def forward(self, x):
         logdet = x.new_zeros(x.shape[0])
@@ -172,6 +198,9 @@ class MultiScale(FlowLayer):
             logdet = logdet + ld
             if i < len(self.levels) - 1:
                 out, h = h.chunk(2, dim=1)                  # factor out half (RealNVP eq. 13-14)
+                if self.priors is not None:
+                    out, ld = self.priors[i].standardize(out, h)    # z_out ~ N(mu(h), sigma(h)^2) (Glow)
+                    logdet = logdet + ld
                 outs.append(out.flatten(1))
         outs.append(h.flatten(1))
         return torch.cat(outs, 1), logdet
@@ -184,7 +213,11 @@ class MultiScale(FlowLayer):
         logdet = z.new_zeros(B)
         for i in reversed(range(len(self.levels))):
             if i < len(self.levels) - 1:
-                h = torch.cat([parts[i].view(B, *self.shapes[i][0]), h], 1)
+                out = parts[i].view(B, *self.shapes[i][0])
+                if self.priors is not None:                 # h (kept half) is known first: z_out = mu + sigma eps
+                    out, ld = self.priors[i].unstandardize(out, h)
+                    logdet = logdet + ld
+                h = torch.cat([out, h], 1)
             h, ld = self.levels[i].inverse(h)
             logdet = logdet + ld
         return h, logdet

@@ -2,8 +2,9 @@
 
 One step of flow (section 3, table 1): ActNorm -> invertible 1x1 convolution (plain or LU-decomposed,
 eq. 10) -> affine coupling on the channel halves. Images: L levels (figure 2), each a squeeze, K steps, and
-(but the last) half of the channels factored out to the N(0, I) base (the paper's learned prior of the
-factored-out half is left out). Sampling at temperature T: x = f^{-1}(T eps) (section 5). Toy 2-D data: K
+(but the last) half of the channels factored out, with the paper's learned prior N(mu(h), sigma(h)) of the
+factored-out half given the kept half h (``--learned-prior``; off: N(0, I) as RealNVP). Sampling at temperature
+T: x = f^{-1}(T eps) (section 5). Toy 2-D data: K
 steps on the vector (the 1x1 convolution becomes a learned invertible 2x2 matrix). The run folder also
 gets ``interpolation.png``: decoded linear paths between the latents of pairs of test digits (figure 5).
 """
@@ -52,6 +53,8 @@ class GlowConfig(FlowConfig):
     steps: int = option(8, "number K of flow steps per level (toys: in total)", min=1)
     hidden: int = option(128, "hidden channels (images) or units (toys) of each coupling's network", min=1)
     lu: bool = option(True, "LU-decomposed 1x1 convolution (Glow eq. 10); false: a plain matrix with slogdet")
+    learned_prior: bool = option(True, "images: each factored-out half ~ N(mu(h), sigma(h)) given the kept half h "
+                                       "(a zero-initialized 3x3 conv, as Glow); false: N(0, I)")
     epochs: int = option(10, "passes over the training set", min=1)
 
     def check(self) -> None:
@@ -88,7 +91,8 @@ def build(config: GlowConfig, shape, image: bool) -> Flow:
         if level < config.levels - 1:
             C //= 2                                       # split: half the channels go to the base
     D = shape[0] * shape[1] * shape[2]
-    return Flow([Logit(config.alpha), MultiScale(levels, shape)], shape, (D,), bits=8)
+    return Flow([Logit(config.alpha), MultiScale(levels, shape, learned_prior=config.learned_prior)], shape,
+                (D,), bits=8)
 
 
 def train(config: GlowConfig, run: Run | None = None) -> dict:
