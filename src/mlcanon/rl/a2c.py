@@ -65,7 +65,8 @@ class A2C(Agent):
         super().__init__(env, config, device)
         self.net = ActorCritic(self.obs_dim, self.action_space, config.hidden, config.activation,
                                config.log_std_init).to(self.device)
-        self.optimizer = torch.optim.RMSprop(self.net.parameters(), lr=config.lr, alpha=0.99, eps=1e-5)
+        self.optimizer = torch.optim.RMSprop(self.net.parameters(), lr=config.lr, alpha=0.99, eps=1e-5,
+                                             foreach=True)   # one kernel per op over all tensors
         self._actor_np: list | None = None
 
     def modules(self):
