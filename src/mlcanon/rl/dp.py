@@ -511,10 +511,17 @@ class _Diagonals:
         s = rows // A
         a = rows - s * A
         live = ~term[s]                                            # V(terminal) = 0: no successors
-        k = np.searchsorted(offsets, Pm.indices - s)
         nd = offsets.size
+        lut = np.zeros(2 * S, dtype=np.int64)
+        lut[offsets + S] = np.arange(nd)
+        k = lut[Pm.indices - s + S]                                # the diagonal of each entry
         flat = ((a * nd + k) * S + Pm.indices)[live]               # DIA stores entry (s, s + d) at column s + d
-        self.data = np.bincount(flat, weights=Pm.data[live], minlength=A * nd * S).reshape(A, nd, S)
+        if Pm.has_canonical_format:                                # no duplicate entries: one scatter
+            self.data = np.zeros(A * nd * S)
+            self.data[flat] = Pm.data[live]
+            self.data = self.data.reshape(A, nd, S)
+        else:                                                      # duplicates are summed, as P @ x does
+            self.data = np.bincount(flat, weights=Pm.data[live], minlength=A * nd * S).reshape(A, nd, S)
         self.offsets = offsets.astype(Pm.indptr.dtype)
         self.S, self.A, self.nd = S, A, nd
         src_row = np.arange(S)[None, :] - offsets[:, None]          # the row s that entry (k, j) belongs to
@@ -529,21 +536,26 @@ class _Diagonals:
         return np.flatnonzero(seen) - S, rows
 
     def backup(self, R: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Q [S, A] (a transposed view of [A, S]) = R + P x: one diagonal mat-vec per action."""
+        """Q [S, A] = R + P x: one diagonal mat-vec per action (into rows of Q^T, then laid out as [S, A])."""
         QT = np.array(R.T)
         for a in range(self.A):
             _dia_matvec(self.S, self.S, self.nd, self.S, self.offsets, self.data[a], x, QT[a])   # += P_a x
-        return QT.T
+        return np.ascontiguousarray(QT.T)
 
     def policy(self, pol: np.ndarray) -> np.ndarray:
         """P_pi as diagonals [n_diag, S]: entry (k, j) from the band of action pi(j - offsets[k])."""
         return self.data.reshape(-1)[pol[self._src] * (self.nd * self.S) + self._base]
 
     def sweep(self, band: np.ndarray, r: np.ndarray, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """out = r + P_pi x for P_pi given by :meth:`policy`."""
+        """out = r + B x for a band B from :meth:`policy` (gamma P_pi once scaled by gamma)."""
         np.copyto(out, r)
         _dia_matvec(self.S, self.S, self.nd, self.S, self.offsets, band, x, out)
         return out
+
+
+def _policy_operator(P_pi, r_pi: np.ndarray, g: float, W: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = T_pi W = r_pi + P_pi (gamma W) (Puterman eq. 6.5.2's operator), CSR or dense P_pi."""
+    return _affine(P_pi, r_pi, g * W, out)
 
 
 def _exact_evaluation(P_pi, r_pi: np.ndarray, g: float, sparse: bool) -> np.ndarray:
@@ -574,13 +586,12 @@ def _partial_evaluation(apply, g: float, term: np.ndarray, W: np.ndarray, target
     c = g / (1.0 - g)
     first = None
     stop = max(target, enough)
-    W, TW, gW = W.copy(), np.empty_like(W), np.empty_like(W)
+    W, TW, D = W.copy(), np.empty_like(W), np.empty_like(W)
     for j in range(1, max_sweeps + 1):
-        np.multiply(W, g, out=gW)
-        apply(gW, TW)                   # T_pi W = r_pi + gamma P_pi W (terminal rows and entries of r_pi are 0)
+        apply(W, TW)                    # T_pi W = r_pi + gamma P_pi W (terminal rows and entries of r_pi are 0)
         if j <= 2 or j & (j - 1) == 0 or j == max_sweeps:        # j = 1, 2, 4, 8, ...: a bound costs half a sweep
-            np.subtract(TW, W, out=gW)                           # T_pi W - W
-            lo, hi = float(gW.min()), float(gW.max())
+            np.subtract(TW, W, out=D)                            # T_pi W - W
+            lo, hi = float(D.min()), float(D.max())
             bound, shift = c * (hi - lo) / 2.0, c * (hi + lo) / 2.0   # _porteus on T_pi
             if first is None:
                 first = bound
@@ -698,7 +709,8 @@ def _solve_discounted(mdp: MDP, tol: float, max_iter: int, st: dict):
             raise UserError(f"solve: tol={tol} is below the round-off of the exact evaluation (the bound "
                             f"stays at {bound:.3g} for |V| ~ {np.abs(TV).max():.3g}); use a larger tol")
         if diag is not None:
-            band = diag.policy(pol)                               # P_pi by diagonals
+            band = diag.policy(pol)                               # P_pi by diagonals,
+            band *= g                                             # scaled once: T_pi W = r_pi + (gamma P_pi) W
             r_pi = R[np.arange(S), pol]
             r_pi[term] = 0.0
             apply = functools.partial(diag.sweep, band, r_pi)
@@ -710,7 +722,7 @@ def _solve_discounted(mdp: MDP, tol: float, max_iter: int, st: dict):
                 P_pi[s_new] = Pm[s_new * A + pol[s_new]]
                 r_pi[s_new] = R[s_new, pol[s_new]]
                 P_pi[term], r_pi[term] = 0.0, 0.0
-            apply = functools.partial(_affine, P_pi, r_pi)
+            apply = functools.partial(_policy_operator, P_pi, r_pi, g)
         if not exact:                                             # partial evaluation from T V_n (eq. 6.5.2)
             V, n, done, left = _partial_evaluation(apply, g, term, TV, target, _EVAL_SWEEPS, _FORCING * bound)
             st["eval_sweeps"] += n
