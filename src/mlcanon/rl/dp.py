@@ -246,10 +246,14 @@ def _vi_threshold(gamma: float, tol: float) -> float:
 
 
 def _backup(Pm, R: np.ndarray, g: float, term: np.ndarray, V: np.ndarray):
-    """One Bellman optimality backup: (T V [S] with 0 at terminal states, Q [S, A]); V = None means V = 0."""
-    Q = np.array(R)                                  # P 0 = 0: the backup of V = 0 needs no matrix product
-    if V is not None:
-        _affine(Pm, Q.reshape(-1), g * V, Q.reshape(-1))   # Q = r + P (gamma V)  (S&B eq. 4.6)
+    """One Bellman optimality backup: (T V [S] with 0 at terminal states, Q [S, A]); V = None means V = 0.
+    ``Pm``: P as a [S*A, S] matrix (dense or CSR) or a :class:`_Diagonals`."""
+    if isinstance(Pm, _Diagonals) and V is not None:
+        Q = Pm.backup(R, g * V)                      # Q = r + P (gamma V), P by diagonals  (S&B eq. 4.6)
+    else:
+        Q = np.array(R)                              # P 0 = 0: the backup of V = 0 needs no matrix product
+        if V is not None:
+            _affine(Pm, Q.reshape(-1), g * V, Q.reshape(-1))   # Q = r + P (gamma V)  (S&B eq. 4.6)
     TV = _rowmax(Q)                                  # (T V)(s) = max_a Q(s, a)  (S&B eq. 4.10)
     TV[term] = 0.0
     return TV, Q
@@ -456,17 +460,21 @@ _FORCING = 1e-3                 # inexact evaluation: to within this fraction of
 
 def _policy_rows(Pm, R: np.ndarray, pol: np.ndarray, term: np.ndarray, sparse: bool):
     """(P_pi [S, S], r_pi [S]) of a deterministic policy: rows (s, pi(s)) of P, terminal rows zeroed."""
-    S, A = R.shape
-    idx = np.arange(S)
-    rows = idx * A + pol
-    r_pi = R[idx, pol]                                             # r_pi(s) = R(s, pi(s))
+    rows = np.arange(R.shape[0]) * R.shape[1] + pol
+    r_pi = _policy_rewards(R, pol, term)
     if sparse:
         P_pi = _csr_rows(Pm, rows, ~term if term.any() else None)  # P_pi(s, s') = P(s' | s, pi(s))
     else:
         P_pi = np.take(Pm, rows, axis=0)
-        P_pi[term] = 0.0
-    r_pi[term] = 0.0                                               # V(terminal) = 0: no successors
+        P_pi[term] = 0.0                                           # V(terminal) = 0: no successors
     return P_pi, r_pi
+
+
+def _policy_rewards(R: np.ndarray, pol: np.ndarray, term: np.ndarray) -> np.ndarray:
+    """r_pi(s) = R(s, pi(s)), 0 at terminal states."""
+    r_pi = R[np.arange(R.shape[0]), pol]
+    r_pi[term] = 0.0
+    return r_pi
 
 
 def _csr_rows(Pm, rows: np.ndarray, keep: np.ndarray | None):
@@ -489,14 +497,13 @@ def _csr_rows(Pm, rows: np.ndarray, keep: np.ndarray | None):
 def _affine(P, r: np.ndarray, x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out = r + P x without temporaries (CSR: one mat-vec accumulating into a copy of r; dense: one gemv).
     ``out`` may be ``r`` itself. Callers pass x = gamma V: r_pi + P_pi (gamma V) needs no scaled copy of P."""
-    if isinstance(P, np.ndarray):
-        np.add(r, P @ x, out=out)                   # (np.dot takes 4x longer than @ here)
-    elif _csr_matvec is not None and P.indices.dtype == P.indptr.dtype and P.data.dtype == x.dtype == out.dtype:
+    if (not isinstance(P, np.ndarray) and _csr_matvec is not None and P.indices.dtype == P.indptr.dtype
+            and P.data.dtype == x.dtype == out.dtype):
         if out is not r:
             np.copyto(out, r)
         _csr_matvec(P.shape[0], P.shape[1], P.indptr, P.indices, P.data, x, out)   # out += P x
     else:
-        np.add(r, P @ x, out=out)
+        np.add(r, P @ x, out=out)                   # (dense: np.dot takes 4x longer than @ here)
     return out
 
 
@@ -581,18 +588,17 @@ def _partial_evaluation(apply, g: float, term: np.ndarray, W: np.ndarray, target
     """Iterate W <- T_pi W = r_pi + gamma P_pi W (the partial evaluation of Puterman sec. 6.5) until the midpoint
     of the Porteus bounds on V_pi (thm. 6.6.3 applied to T_pi) is within ``target`` of V_pi, or the bound is
     below ``enough`` (an inexact evaluation: the iterate is returned without the midpoint shift, which is only as
-    good as its bound), at most ``max_sweeps`` sweeps; ``apply(x, out)`` writes r_pi + P_pi x to out. Returns
+    good as its bound), at most ``max_sweeps`` sweeps; ``apply(W, out)`` writes T_pi W = r_pi + gamma P_pi W to
+    out. Returns
     (W, sweeps, converged to target, projected sweeps still needed to reach target; 0 when converged)."""
     c = g / (1.0 - g)
     first = None
     stop = max(target, enough)
-    W, TW, D = W.copy(), np.empty_like(W), np.empty_like(W)
+    W, TW = W.copy(), np.empty_like(W)
     for j in range(1, max_sweeps + 1):
         apply(W, TW)                    # T_pi W = r_pi + gamma P_pi W (terminal rows and entries of r_pi are 0)
         if j <= 2 or j & (j - 1) == 0 or j == max_sweeps:        # j = 1, 2, 4, 8, ...: a bound costs half a sweep
-            np.subtract(TW, W, out=D)                            # T_pi W - W
-            lo, hi = float(D.min()), float(D.max())
-            bound, shift = c * (hi - lo) / 2.0, c * (hi + lo) / 2.0   # _porteus on T_pi
+            _, bound, shift = _porteus(TW, W, c)                 # the Porteus bounds of T_pi
             if first is None:
                 first = bound
             if bound <= stop:
@@ -671,13 +677,7 @@ def _solve_discounted(mdp: MDP, tol: float, max_iter: int, st: dict):
     can_exact = sparse or S <= _DIRECT_DENSE_MAX_S
     diag = _diagonals(Pm, S, A, term, sparse)                     # grid-like P: stored by diagonals
 
-    def backup(V):
-        if diag is None or V is None:
-            return _backup(Pm, R, g, term, V)
-        Q = diag.backup(R, g * V)                                 # Q = r + P (gamma V)  (S&B eq. 4.6)
-        TV = _rowmax(Q)                                           # (T V)(s) = max_a Q(s, a)  (S&B eq. 4.10)
-        TV[term] = 0.0
-        return TV, Q
+    backup = functools.partial(_backup, Pm if diag is None else diag, R, g, term)
 
     # value iteration while its bound projects at most _VI_FINISH more sweeps, where P_pi is costly to gather
     # (CSR: about three backups' worth); dense rows are updated in place, diagonals gathered cheaply: MPI at once
@@ -711,8 +711,7 @@ def _solve_discounted(mdp: MDP, tol: float, max_iter: int, st: dict):
         if diag is not None:
             band = diag.policy(pol)                               # P_pi by diagonals,
             band *= g                                             # scaled once: T_pi W = r_pi + (gamma P_pi) W
-            r_pi = R[np.arange(S), pol]
-            r_pi[term] = 0.0
+            r_pi = _policy_rewards(R, pol, term)
             apply = functools.partial(diag.sweep, band, r_pi)
         else:
             if sparse or P_pi is None:
