@@ -219,8 +219,8 @@ def test_recipe_resolution_mnist_cnn_vs_digits_mlp(tmp_runs):
     user = cfg(tmp_runs, "--dataset", "mnist", "--model", "cnn", "--lr", "1e-3")
     eff = user.effective()
     assert user.epochs is None and user.lr == 1e-3          # the given config is untouched (config.json keeps it)
-    assert (eff.epochs, eff.batch_size, eff.lr, eff.lr_schedule, eff.depth, eff.convs_per_block,
-            eff.label_smoothing) == (1, 64, 1e-3, "cosine", 3, 1, 0.1)
+    assert (eff.epochs, eff.batch_size, eff.lr, eff.lr_schedule, eff.width, eff.depth, eff.convs_per_block,
+            eff.label_smoothing, eff.val_fraction) == (1, 64, 1e-3, "cosine", 48, 3, 1, 0.1, 0.0)
     assert eff.effective() == eff                           # resolving twice changes nothing
     # any other data set or model: the defaults of the data loop (TrainConfig), not the mnist recipe
     base = cfg(tmp_runs, "--dataset", "digits").effective()
@@ -228,4 +228,4 @@ def test_recipe_resolution_mnist_cnn_vs_digits_mlp(tmp_runs):
     assert (base.model, base.epochs, base.batch_size, base.lr, base.lr_schedule, base.warmup_steps) == \
         ("mlp", loop.epochs, loop.batch_size, loop.lr, loop.lr_schedule, loop.warmup_steps)
     assert cfg(tmp_runs, "--dataset", "mnist", "--model", "mlp").effective().epochs == loop.epochs
-    assert base.label_smoothing == 0.0
+    assert base.label_smoothing == 0.0 and base.val_fraction == 0.1
