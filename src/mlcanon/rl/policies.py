@@ -6,6 +6,10 @@
   the action bounds, the log-probability is that of the unclipped sample.
 - The critic V(s) is a separate MLP (no shared trunk), orthogonally initialized as in the PPO implementation
   details (Huang et al. 2022): gain sqrt(2) hidden, 0.01 for the policy head, 1 for the value head.
+- Fast paths for the categorical policy (the same numbers as ``torch.distributions.Categorical``, without building
+  one per call): :meth:`ActorCritic.sample` and :meth:`ActorCritic.log_prob_entropy` from the log-softmax of the
+  logits, :meth:`ActorCritic.greedy_numpy` in numpy for evaluation; :func:`flat_parameters` puts a module's
+  parameters and gradients in one vector each (one norm, one fused optimizer step, one fill per update).
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from __future__ import annotations
 import math
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-__all__ = ["ActorCritic", "mlp"]
+__all__ = ["ActorCritic", "collect_rollout", "flat_parameters", "mlp"]
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -46,6 +51,8 @@ class ActorCritic(nn.Module):
                  activation: str = "tanh", log_std_init: float = 0.0):
         super().__init__()
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        self.activation = activation
+        self._actor_np: list | None = None       # numpy views of the actor's weights (greedy_numpy)
         if self.discrete:
             out = int(action_space.n)
         else:
@@ -64,9 +71,47 @@ class ActorCritic(nn.Module):
         return Independent(Normal(out, self.log_std.exp().expand_as(out), validate_args=False), 1,
                            validate_args=False)                   # N(mu(s), diag sigma^2)
 
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """a ~ pi(.|s) and log pi(a|s) [B]. Categorical: torch.multinomial on softmax(z), the draw (and the random
+        stream) of ``Categorical(logits=z).sample()``."""
+        if not self.discrete:
+            d = self.dist(obs)
+            a = d.sample()
+            return a, d.log_prob(a)
+        z = self.actor(obs)
+        logp_all = z - z.logsumexp(-1, keepdim=True)             # log pi(.|s) = z - log sum_b exp z_b
+        a = torch.multinomial(logp_all.softmax(-1), 1, True).squeeze(-1)
+        return a, logp_all.gather(-1, a.unsqueeze(-1)).squeeze(-1)
+
+    def log_prob_entropy(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(a|s) [B] and the entropy H[pi(.|s)] [B] (differentiable), from one actor pass."""
+        if not self.discrete:
+            d = self.dist(obs)
+            return d.log_prob(actions), d.entropy()
+        z = self.actor(obs)
+        logp_all = z - z.logsumexp(-1, keepdim=True)             # log pi(.|s) = z - log sum_b exp z_b
+        entropy = -(logp_all * logp_all.softmax(-1)).sum(-1)      # H = -sum_a pi(a|s) log pi(a|s)
+        return logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1), entropy
+
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(s) [B]."""
         return self.critic(obs).squeeze(-1)
+
+    def greedy_numpy(self, obs: np.ndarray) -> np.ndarray:
+        """argmax_a pi(a|s) of a categorical policy for observations [n, obs_dim], in numpy on views of the actor's
+        (CPU) weights: for the few observations of an evaluation step, torch's per-call overhead is several times
+        the arithmetic. The views follow in-place updates (optimizer steps, load_state_dict)."""
+        if not self.discrete:
+            raise ValueError("greedy_numpy: the policy is not categorical")
+        if self._actor_np is None:
+            self._actor_np = [(m.weight.detach().numpy().T, m.bias.detach().numpy())
+                              for m in self.actor if isinstance(m, nn.Linear)]
+        h = np.asarray(obs, dtype=np.float32)
+        for i, (w, b) in enumerate(self._actor_np):
+            h = h @ w + b
+            if i < len(self._actor_np) - 1:
+                h = np.tanh(h) if self.activation == "tanh" else np.maximum(h, 0.0)
+        return h.argmax(-1)
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """The deterministic action: argmax pi (discrete) or the mean mu(s) (Gaussian)."""
@@ -76,6 +121,23 @@ class ActorCritic(nn.Module):
     def to_env(self, actions: torch.Tensor) -> torch.Tensor:
         """Actions as the env takes them (Gaussian samples clipped to the action bounds)."""
         return actions if self.discrete else torch.maximum(torch.minimum(actions, self.high), self.low)
+
+
+def flat_parameters(module: nn.Module) -> nn.Parameter:
+    """One flat parameter vector (with a zero gradient) whose slices become ``module``'s parameters and gradients
+    (views; the module's state_dict is unchanged). An optimizer over it does one fused update, gradient clipping
+    one scaling and zeroing one fill; backward accumulates into the views, so zero ``flat.grad`` (never set the
+    module's grads to None) between steps, and move the module to its device before."""
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat.data[offset:offset + n].view_as(p)           # theta_i is a view of the flat vector
+        p.grad = flat.grad[offset:offset + n].view_as(p)           # so is its gradient
+        offset += n
+    return flat
 
 
 def collect_rollout(net, env, storage, T: int, device) -> dict[str, list]:

@@ -46,7 +46,7 @@ from mlcanon.rl.agent import (
 )
 from mlcanon.rl.buffers import RolloutStorage
 from mlcanon.rl.cartpole_torch import CartPoleTorch, counter_bits, counter_uniform
-from mlcanon.rl.policies import ActorCritic
+from mlcanon.rl.policies import ActorCritic, flat_parameters
 from mlcanon.rl.returns import explained_variance, gae
 from mlcanon.rl.vec_env import ObsNormalizer, RewardScaler, VecEnv
 from mlcanon.runs import Run, read_config
@@ -108,6 +108,8 @@ class PPO(Agent):
         self.obs_norm = ObsNormalizer(self.obs_shape).to(self.device) if config.normalize_obs else None
         self.reward_scale = RewardScaler(config.num_envs, config.gamma).to(self.device) \
             if config.scale_rewards else None
+        # the gradients as views of one flat vector: zeroing is one fill and gradient clipping one scaling
+        self.flat = flat_parameters(self.net)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, eps=1e-5, fused=True)
 
     def modules(self):
@@ -123,8 +125,15 @@ class PPO(Agent):
 
     def policy(self, obs, deterministic):
         x = self.normalize(obs)
-        a = self.net.mode(x) if deterministic else self.net.dist(x).sample()
+        a = self.net.mode(x) if deterministic else self.net.sample(x)[0]
         return self.net.to_env(a)
+
+    def act(self, obs, deterministic: bool = False) -> np.ndarray:
+        """As :meth:`Agent.act`; the greedy action of a categorical policy on the CPU without observation
+        normalization (the evaluations) is argmax_a of the logits computed in numpy (ActorCritic.greedy_numpy)."""
+        if not (deterministic and self.net.discrete and self.device.type == "cpu" and self.obs_norm is None):
+            return super().act(obs, deterministic)
+        return self.net.greedy_numpy(obs)
 
     def learn(self, total_steps: int | None = None, run: Run | None = None) -> dict:
         cfg, dev = self.config, self.device
@@ -152,9 +161,8 @@ class PPO(Agent):
             for _ in range(T):
                 with torch.no_grad():
                     x = self.normalize(obs, update=True)
-                    dist = self.net.dist(x)
-                    action = dist.sample()                        # a_t ~ pi_old(.|s_t)
-                    logp, value = dist.log_prob(action), self.net.value(x)
+                    action, logp = self.net.sample(x)             # a_t ~ pi_old(.|s_t), log pi_old(a_t|s_t)
+                    value = self.net.value(x)
                 env_action = self.net.to_env(action)
                 next_obs, reward, term, trunc, info = env.step(env_action if cfg.torch_env else env_action.cpu().numpy())
                 done = torch.as_tensor(term | trunc, device=dev)
@@ -174,23 +182,23 @@ class PPO(Agent):
                 adv, ret = gae(storage.rewards, storage.values, next_values, storage.terminated, storage.dones,
                                cfg.gamma, cfg.gae_lambda)
             b = storage.flat(advantages=adv, returns=ret)
+            columns = torch.stack([b[k] for k in self.MB_COLUMNS])   # [4, batch]: one gather for the 4 of them
 
             # 3. K epochs of minibatch updates on the clipped surrogate --------------------------------
-            sums = {"loss": 0.0, "policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0,
-                    "clip_fraction": 0.0}
+            sums = torch.zeros(len(self.STATS), dtype=torch.float64, device=dev)   # read once per iteration
             n_updates = 0
             for _epoch in range(cfg.update_epochs):
                 perm = torch.randperm(batch, device=dev)
                 for start in range(0, batch, cfg.minibatch_size):
                     mb = perm[start:start + cfg.minibatch_size]
-                    out = self.update({k: v[mb] for k, v in b.items()}, clip)
-                    for k in sums:
-                        sums[k] += out[k]
+                    out = self.update({"obs": b["obs"][mb], "actions": b["actions"][mb],
+                                       **dict(zip(self.MB_COLUMNS, columns[:, mb]))}, clip)
+                    sums += out
                     n_updates += 1
-                if cfg.target_kl is not None and out["approx_kl"] > cfg.target_kl:
+                if cfg.target_kl is not None and float(out[self.STATS.index("approx_kl")]) > cfg.target_kl:
                     break
             explained = explained_variance(b["returns"], b["values"])     # 1 - Var[y-V]/Var[y]
-            metrics = {f"train/{k}": float(s) / n_updates for k, s in sums.items()}
+            metrics = {f"train/{k}": s / n_updates for k, s in zip(self.STATS, sums.tolist())}
             metrics.update({"train/lr": lr, "train/clip_range": clip, "train/explained_variance": explained,
                             **episode_metrics(ep_stats)})
             self.end_iteration(loop, batch, metrics)
@@ -198,12 +206,15 @@ class PPO(Agent):
         env.close()
         return self.summary()
 
-    def update(self, mb: dict[str, torch.Tensor], clip: float) -> dict[str, torch.Tensor]:
-        """One gradient step on a minibatch: clipped surrogate + c1 value loss - c2 entropy (PPO eq. 9)."""
+    STATS = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")   # update()'s stats
+    MB_COLUMNS = ("log_probs", "values", "advantages", "returns")
+
+    def update(self, mb: dict[str, torch.Tensor], clip: float) -> torch.Tensor:
+        """One gradient step on a minibatch: clipped surrogate + c1 value loss - c2 entropy (PPO eq. 9).
+        Returns the STATS as one float64 tensor (no host sync per step)."""
         cfg = self.config
-        dist = self.net.dist(mb["obs"])
-        logp = dist.log_prob(mb["actions"])
-        entropy = dist.entropy().mean()
+        logp, entropy = self.net.log_prob_entropy(mb["obs"], mb["actions"])   # log pi(a|s), H[pi(.|s)]
+        entropy = entropy.mean()
         log_ratio = logp - mb["log_probs"]
         ratio = log_ratio.exp()                                   # r_t = pi / pi_old
         adv = mb["advantages"]
@@ -216,17 +227,19 @@ class PPO(Agent):
             v_loss = 0.5 * torch.max((value - mb["returns"]) ** 2, (v_clipped - mb["returns"]) ** 2).mean()
         else:
             v_loss = 0.5 * ((value - mb["returns"]) ** 2).mean()
-        loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy   # eq. 9 (as a loss)
-        self.optimizer.zero_grad(set_to_none=True)
+        loss = pg_loss + cfg.vf_coef * v_loss                     # eq. 9 (as a loss) ...
+        if cfg.ent_coef > 0:                                      # ... - c2 H (c2 = 0: no entropy backward)
+            loss = loss - cfg.ent_coef * entropy
+        self.flat.grad.zero_()
         loss.backward()
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
+        if cfg.max_grad_norm > 0:   # g <- g min(1, c / |g|), |g| as clip_grad_norm_ computes it (per-tensor norms)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.net.parameters()])
+            self.flat.grad.mul_(torch.clamp(cfg.max_grad_norm / (norm + 1e-6), max=1.0))
         self.optimizer.step()
         with torch.no_grad():
             approx_kl = ((ratio - 1) - log_ratio).mean()          # k3 estimator of KL(pi_old || pi) (Schulman 2020)
             clipfrac = ((ratio - 1).abs() > clip).float().mean()
-        return {"loss": loss.item(), "policy_loss": pg_loss.item(), "value_loss": v_loss.item(),
-                "entropy": entropy.item(), "approx_kl": approx_kl.item(), "clip_fraction": clipfrac.item()}
+            return torch.stack([loss, pg_loss, v_loss, entropy, approx_kl, clipfrac]).double()
 
 
 def train(config: PPOConfig, run: Run | None = None) -> dict:
