@@ -84,6 +84,14 @@ def test_cli_train_eval_sample(tmp_runs, capsys):
     assert main(["sample", str(run_dir), "-n", "16", "--out", str(png)]) == 0
     assert png.stat().st_size > 1000
     assert (tmp_runs / "grid-gradcam.png").stat().st_size > 1000   # Grad-CAM overlays for conv models
+    assert main(["eval", str(run_dir), "--split", "valid"]) == 0      # held out: 10% of digits' train split
+    # trained on every training image (--val-fraction 0): no validation split to score, and the error says so
+    out_dir = tmp_runs / "noval"
+    assert main(["train", "classifier", "--dataset", "digits", "--epochs", "1", "--val-fraction", "0",
+                 "--out-dir", str(out_dir), "--progress", "false"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(next(out_dir.iterdir())), "--split", "valid"]) == 2
+    assert "no validation split; use --split test" in capsys.readouterr().err
 
 
 def _train_cmd(out_dir, *extra):

@@ -278,6 +278,9 @@ def evaluate(run_dir: str | Path, options: ClassifierEvalOptions | None = None) 
     """Accuracy and loss of the run's best model on a split (and robust accuracy under --attack)."""
     options = options or ClassifierEvalOptions()
     model, config = load_model(run_dir)
+    if options.split == "valid" and not config.val_fraction:      # no labelled set here has an official one
+        raise UserError(f"--split valid: this run trained on all {config.dataset} training images (val_fraction "
+                        "0), so it has no validation split; use --split test, or train with --val-fraction 0.1")
     ds = load(config.dataset, options.split, data_dir=config.data_dir, val_fraction=config.val_fraction)
     K = ds.num_classes
     m = evaluate_in_batches(lambda b: batch_metrics(model, config, K, b), {"x": ds.x, "y": ds.targets},
