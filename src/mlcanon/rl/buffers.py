@@ -54,13 +54,14 @@ class ReplayBuffer:
         if n > self.capacity:
             raise ValueError(f"cannot insert {n} transitions into a buffer of capacity {self.capacity}")
         idx = (self.pos + np.arange(n)) % self.capacity                 # ring: overwrite the oldest
+        at = slice(self.pos, self.pos + n) if self.pos + n <= self.capacity else idx   # a slice writes faster
         a = self._np
-        a["obs"][idx] = np.asarray(obs).reshape(a["obs"][idx].shape)
-        a["next_obs"][idx] = np.asarray(next_obs).reshape(a["next_obs"][idx].shape)
-        a["actions"][idx] = np.asarray(actions).reshape(a["actions"][idx].shape)
-        a["rewards"][idx] = np.asarray(rewards)
-        a["terminated"][idx] = np.asarray(terminated)
-        a["dones"][idx] = np.asarray(dones)
+        a["obs"][at] = np.asarray(obs).reshape(n, *a["obs"].shape[1:])
+        a["next_obs"][at] = np.asarray(next_obs).reshape(n, *a["next_obs"].shape[1:])
+        a["actions"][at] = np.asarray(actions).reshape(n, *a["actions"].shape[1:])
+        a["rewards"][at] = np.asarray(rewards)
+        a["terminated"][at] = np.asarray(terminated)
+        a["dones"][at] = np.asarray(dones)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
         return torch.from_numpy(idx)

@@ -1,0 +1,124 @@
+"""DQN's hand-written gradient (:meth:`DQN.backprop`) and direct fused-Adam step (:meth:`DQN.optimizer_step`) give
+what autograd and ``torch.optim.Adam.step()`` give: the gradient against autograd's in float64 (the exact value up
+to float64 rounding) within float32's rounding bound, a training phase against the autograd phase, and the Adam
+step bitwise (the same kernel on the same state)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlcanon.rl.buffers import ReplayBuffer
+from mlcanon.rl.dqn import DQN, DQNConfig
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def _agent(**kw):
+    """(A DQN agent is not deep-copied: nn.Parameter's deepcopy clones its data, cutting the flat-vector views.)"""
+    cfg = DQNConfig(device="cpu", progress=False, **{"hidden": (32, 24), "batch_size": 16, **kw})
+    torch.manual_seed(0)
+    return DQN("CartPole-v1", cfg, device="cpu")
+
+
+def _autograd_grad(agent, obs, actions, y, dtype):
+    """dL/dtheta by autograd on a copy of the Q-network in ``dtype``, as one flat vector."""
+    q = copy.deepcopy(agent.q).to(dtype)
+    q_sa = q(obs.to(dtype)).gather(1, actions).squeeze(1)
+    loss_fn = F.smooth_l1_loss if agent.config.loss == "huber" else F.mse_loss
+    loss_fn(q_sa, y.to(dtype).squeeze(1)).backward()
+    return torch.cat([p.grad.reshape(-1) for p in q.parameters()]), q_sa
+
+
+@pytest.mark.parametrize("loss", ["huber", "mse"])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("hidden", [(32, 24), (16,), (8, 8, 8)])
+def test_hand_gradient_equals_autograd(loss, activation, hidden):
+    agent = _agent(loss=loss, activation=activation, hidden=hidden)
+    assert agent.hand_backprop
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):                                   # random minibatches
+        B = 16
+        obs = torch.randn(B, 4, generator=gen)
+        actions = torch.randint(2, (B, 1), generator=gen)
+        with torch.no_grad():
+            q_now = agent.q(obs).gather(1, actions)
+        y = q_now + 2.0 * torch.randn(B, 1, generator=gen)   # TD errors on both sides of Huber's |d| = 1
+        q_sa = torch.empty(B, 1)
+        agent.flat.grad.fill_(float("nan"))              # every entry must be written
+        agent.backprop(obs, actions, y, q_sa)
+        exact, q64 = _autograd_grad(agent, obs, actions, y, torch.float64)
+        ours = agent.flat.grad.double()
+        # float32 rounding of sums of at most B + width terms along the chain: |error| <= (B + H) eps32 * scale
+        scale = float(exact.abs().max())
+        tol = (B + max(hidden)) * EPS32 * scale
+        err = float((ours - exact).abs().max())
+        assert err <= tol, (err, tol)
+        torch.testing.assert_close(q_sa.squeeze(1).double(), q64.detach(), rtol=0, atol=64 * EPS32 * scale + 1e-6)
+        # and autograd in float32 sits within the same bound (the bound is not loose for our side only)
+        ref32, _ = _autograd_grad(agent, obs, actions, y, torch.float32)
+        assert float((ref32.double() - exact).abs().max()) <= tol
+        # a wrong derivative (here: the ReLU/tanh factor left out) is far outside that bound
+        assert tol < 1e-3 * scale
+
+
+def _buffer():
+    buf = ReplayBuffer(500, (4,), seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        o = rng.normal(size=(1, 4)).astype(np.float32)
+        term = rng.random(1) < 0.1
+        buf.add(o, rng.integers(0, 2, 1), rng.normal(size=1), o + 0.1, term, term)
+    return buf
+
+
+@pytest.mark.parametrize("double", [False, True])
+@pytest.mark.parametrize("loss", ["huber", "mse"])
+def test_a_hand_written_phase_trains_as_the_autograd_phase(double, loss):
+    kw = {"gradient_steps": 6, "lr": 1e-2, "double": double, "loss": loss, "max_grad_norm": 1.0}
+    agent, ref = _agent(**kw), _agent(**kw)             # the same initial weights (the same seed)
+    ref.hand_backprop = False                            # DQN.update: autograd, then the same optimizer step
+    buf, ref_buf = _buffer(), _buffer()
+    out, ref_out = agent.train_phase(buf, 0.4), ref.train_phase(ref_buf, 0.4)
+    G = agent.config.gradient_steps
+    # weights O(1), G Adam steps each rounded in float32 (the gradients agree to ~(B + H) eps, relative)
+    atol = 10 * G * EPS32
+    for p, r in zip(agent.q.parameters(), ref.q.parameters()):
+        torch.testing.assert_close(p, r, rtol=0, atol=atol)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)   # mean loss and Q over the phase
+    # the phase moved the weights by O(lr) (the comparison above is not between two unmoved networks)
+    assert max(float((p - t).detach().abs().max()) for p, t in zip(agent.q.parameters(), agent.target.parameters())) > 1e-3
+
+
+def test_optimizer_step_is_adam_step_bitwise():
+    """The direct fused-Adam call and ``optimizer.step()`` run the same kernel on the same state: equal bits."""
+    agent, ref = _agent(max_grad_norm=0.0, lr=1e-2), _agent(max_grad_norm=0.0, lr=1e-2)
+    ref.optimizer = torch.optim.Adam([ref.flat], lr=1e-2, fused=True)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        g = torch.randn(agent.flat.numel(), generator=gen)
+        agent.flat.grad.copy_(g)
+        ref.flat.grad.copy_(g)
+        agent.optimizer_step()
+        ref.optimizer.step()
+        assert torch.equal(agent.flat.detach(), ref.flat.detach())
+    st, ref_st = agent.optimizer.state_dict()["state"][0], ref.optimizer.state_dict()["state"][0]
+    assert float(st["step"]) == 5                       # the checkpointed step count advanced as step()'s
+    for k in ("step", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(st[k], ref_st[k]), k
+
+
+@pytest.mark.parametrize("gain", [1e-3, 1.0])          # |g| below and above the threshold
+def test_optimizer_step_clips_as_clip_grad_norm(gain):
+    agent = _agent(max_grad_norm=1.0, lr=0.0)           # lr 0: the step leaves theta, the gradient shows the clip
+    g = torch.randn(agent.flat.numel(), generator=torch.Generator().manual_seed(0)) * gain
+    assert (float(g.norm()) > 1.0) == (gain == 1.0)
+    ref = g.clone().requires_grad_()
+    ref.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_([ref], 1.0)
+    agent.flat.grad.copy_(g)
+    agent.optimizer_step()
+    # the same factor c / (|g| + 1e-6), computed in float64 here and in float32 there: a few eps relative
+    torch.testing.assert_close(agent.flat.grad, ref.grad, rtol=4 * EPS32, atol=0)
