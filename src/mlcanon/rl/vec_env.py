@@ -115,7 +115,7 @@ class VecEnv:
         trunc = np.zeros(N, dtype=bool)
         ep_returns, ep_lengths = [], []
         for i, env in enumerate(self.envs):
-            a = actions[i].item() if actions[i].ndim == 0 else actions[i]
+            a = actions[i]      # a numpy integer as is: Discrete.contains checks a Python int against np.iinfo
             self._actions[i].append(actions[i].copy())
             o, r, te, tr, _ = env.step(a)
             final[i] = _encode(self.observation_space, o)
@@ -196,7 +196,7 @@ def evaluate_episodes(policy, env_id: str, episodes: int, seed: int, max_episode
             acts = np.asarray(policy(np.stack([obs[k] for k in alive])))
             still = []
             for a, k in zip(acts, alive):
-                o, r, te, tr, _ = envs[k].step(a.item() if a.ndim == 0 else a)
+                o, r, te, tr, _ = envs[k].step(a)      # a numpy integer as is (see VecEnv.step)
                 if record is not None:
                     for key, v in zip(("obs", "actions", "rewards", "terminated", "truncated"),
                                       (obs[k], a, r, te, tr)):
