@@ -210,12 +210,8 @@ class DQN(Agent):
             eps = 1.0 if step < cfg.learning_starts else float(epsilon(step))
             obs = env.obs
             explore = torch.rand(N).numpy() < eps
-            if explore.all():
-                action = torch.randint(self.n_actions, (N,)).numpy()
-            else:                                # (the uniform draw only when some env explores)
-                action = self.greedy(obs)
-                if explore.any():
-                    action = np.where(explore, torch.randint(self.n_actions, (N,)).numpy(), action)
+            uniform = torch.randint(self.n_actions, (N,)).numpy()
+            action = uniform if explore.all() else np.where(explore, uniform, self.greedy(obs))
             # 2. env step, store (s, a, r, s', terminated, done) ----------------------------------------------
             _, reward, term, trunc, info = env.step(action)
             buffer.add(obs, action, reward, info["final_obs"], term, term | trunc)
@@ -315,8 +311,8 @@ class DQN(Agent):
         grouping by device and dtype) costs ~80 us per call, twice the kernel on this 67k-parameter vector."""
         g = self.flat.grad
         if self.config.max_grad_norm > 0:
-            coef = self.config.max_grad_norm / (float(g.norm()) + 1e-6)     # (a host sync on GPU)
-            if coef < 1.0:
+            coef = self.config.max_grad_norm / (g.norm() + 1e-6)            # in float32, as clip_grad_norm_
+            if coef < 1.0:                                                 # (a host sync on GPU)
                 g.mul_(coef)
         st, hp = self.optimizer.state[self.flat], self.optimizer.param_groups[0]
         if not st or not hasattr(torch, "_fused_adam_"):
