@@ -73,7 +73,7 @@ class A2C(Agent):
         return {"policy": self.net}
 
     def policy(self, obs, deterministic):
-        a = self.net.mode(obs) if deterministic else self.net.dist(obs).sample()
+        a = self.net.mode(obs) if deterministic else self.net.sample(obs)[0]
         return self.net.to_env(a)
 
     def act(self, obs, deterministic: bool = False) -> np.ndarray:
@@ -112,15 +112,14 @@ class A2C(Agent):
                                cfg.gamma, cfg.gae_lambda)
             b = storage.flat(advantages=adv, returns=ret)
             # 3. one gradient step on the actor-critic loss --------------------------------------------
-            dist = self.net.dist(b["obs"])
-            logp = dist.log_prob(b["actions"])
+            logp, entropies = self.net.log_prob_entropy(b["obs"], b["actions"])   # log pi(a|s), H[pi(.|s)]
             value = self.net.value(b["obs"])
             a = b["advantages"]
             if cfg.norm_adv and len(a) > 1:
                 a = (a - a.mean()) / (a.std() + 1e-8)
             pg_loss = -(logp * a).mean()                          # -log pi(a|s) A
             v_loss = ((b["returns"] - value) ** 2).mean()          # (R - V(s))^2
-            entropy = dist.entropy().mean()
+            entropy = entropies.mean()
             loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

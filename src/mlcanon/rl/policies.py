@@ -149,7 +149,7 @@ def collect_rollout(net, env, storage, T: int, device) -> dict[str, list]:
     obs = torch.as_tensor(env.obs, device=device)
     for _ in range(T):
         with torch.no_grad():
-            action = net.dist(obs).sample()          # a_t ~ pi(.|s_t)
+            action = net.sample(obs)[0]              # a_t ~ pi(.|s_t)
             value = net.value(obs)
         next_obs, reward, term, trunc, info = env.step(net.to_env(action).cpu().numpy())
         storage.add(obs=obs, actions=action, values=value, rewards=torch.as_tensor(reward),
