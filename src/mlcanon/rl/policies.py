@@ -4,6 +4,9 @@
 - Continuous actions: pi(a|s) = N(mu(s), diag(sigma^2)) with a learned, state-independent log sigma
   (Schulman et al. 2015/2017, as in their reference implementations); the env receives the action clipped to
   the action bounds, the log-probability is that of the unclipped sample.
+- Continuous actions with gSDE (``use_sde``, :mod:`mlcanon.rl.sde`): a = mu(s) + phi(s)^T theta_eps with phi(s) the
+  actor's last hidden layer and one exploration matrix theta_eps per env; pi(a|s) = N(mu(s), diag((phi^2)^T
+  sigma^2)) with a learned [latent, action] log sigma (Raffin et al. 2022) in place of the state-independent one.
 - The critic V(s) is a separate MLP (no shared trunk), orthogonally initialized as in the PPO implementation
   details (Huang et al. 2022): gain sqrt(2) hidden, 0.01 for the policy head, 1 for the value head.
 - Fast paths for the categorical policy (the same numbers as ``torch.distributions.Categorical``, without building
@@ -21,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
+
+from mlcanon.rl.sde import StateDependentNoise
 
 __all__ = ["ActorCritic", "collect_rollout", "flat_parameters", "mlp"]
 
@@ -48,23 +53,39 @@ class ActorCritic(nn.Module):
     """pi(a|s) (categorical or diagonal Gaussian) and V(s), two MLPs over a flat observation."""
 
     def __init__(self, obs_dim: int, action_space: gym.Space, hidden: tuple[int, ...] = (64, 64),
-                 activation: str = "tanh", log_std_init: float = 0.0):
+                 activation: str = "tanh", log_std_init: float = 0.0, use_sde: bool = False, sde_matrices: int = 1):
         super().__init__()
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.activation = activation
         self._actor_np: list | None = None       # numpy views of the actor's weights (greedy_numpy)
+        self.sde: StateDependentNoise | None = None
         if self.discrete:
+            if use_sde:
+                raise ValueError("ActorCritic: gSDE needs continuous (Box) actions")
             out = int(action_space.n)
         else:
             out = int(math.prod(action_space.shape))
-            self.log_std = nn.Parameter(torch.full((out,), float(log_std_init)))   # learned log sigma
+            if use_sde:                           # learned log sigma [latent, action] and theta_eps per env
+                latent = hidden[-1] if hidden else obs_dim
+                self.sde = StateDependentNoise(latent, out, sde_matrices, log_std_init)
+            else:
+                self.log_std = nn.Parameter(torch.full((out,), float(log_std_init)))   # learned log sigma
             self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
             self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
         self.actor = mlp(obs_dim, hidden, out, activation, out_gain=0.01)
         self.critic = mlp(obs_dim, hidden, 1, activation, out_gain=1.0)
 
+    def _mean_features(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu(s) and the features phi(s) (the actor's last hidden layer) of gSDE."""
+        phi = self.actor[:-1](obs)
+        return self.actor[-1](phi), phi
+
     def dist(self, obs: torch.Tensor) -> Distribution:
-        """pi(.|s) for a batch of observations [B, obs_dim]."""
+        """pi(.|s) for a batch of observations [B, obs_dim] (gSDE: its Gaussian over a fresh theta_eps)."""
+        if self.sde is not None:
+            mu, phi = self._mean_features(obs)
+            return Independent(Normal(mu, self.sde.variance(phi).sqrt(), validate_args=False), 1,
+                               validate_args=False)           # N(mu(s), diag((phi^2)^T sigma^2)), gSDE eq. 5
         out = self.actor(obs)
         if self.discrete:
             return Categorical(logits=out, validate_args=False)         # softmax policy
@@ -73,7 +94,10 @@ class ActorCritic(nn.Module):
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """a ~ pi(.|s) and log pi(a|s) [B]. Categorical: torch.multinomial on softmax(z), the draw (and the random
-        stream) of ``Categorical(logits=z).sample()``."""
+        stream) of ``Categorical(logits=z).sample()``. gSDE: a = mu(s) + phi(s)^T theta_eps with the current matrices
+        (one per row when the batch is the envs)."""
+        if self.sde is not None:
+            return self.sde.sample(*self._mean_features(obs))        # gSDE eq. 4
         if not self.discrete:
             d = self.dist(obs)
             a = d.sample()
@@ -85,6 +109,9 @@ class ActorCritic(nn.Module):
 
     def log_prob_entropy(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log pi(a|s) [B] and the entropy H[pi(.|s)] [B] (differentiable), from one actor pass."""
+        if self.sde is not None:
+            mu, phi = self._mean_features(obs)
+            return self.sde.log_prob_entropy(mu, phi, actions)       # N(a; mu, diag v(s)), gSDE eq. 5
         if not self.discrete:
             d = self.dist(obs)
             return d.log_prob(actions), d.entropy()

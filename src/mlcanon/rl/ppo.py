@@ -13,7 +13,9 @@ One iteration, top to bottom (the structure of CleanRL's ppo.py, Huang et al. 20
    256 x 4 minibatches an update takes about 40% less time than with autograd (which records ~100 small ops).
 
 Discrete actions use a categorical policy, Box actions a diagonal Gaussian with a learned log-std
-(:mod:`mlcanon.rl.policies`). Defaults are rl-baselines3-zoo's CartPole-v1 hyperparameters.
+(:mod:`mlcanon.rl.policies`), or with ``--use-sde`` generalized state-dependent exploration (gSDE, Raffin et al.
+2022, :mod:`mlcanon.rl.sde`): the noise phi(s)^T theta_eps, with exploration matrices resampled at the start of
+each rollout and every ``--sde-sample-freq`` steps. Defaults are rl-baselines3-zoo's CartPole-v1 hyperparameters.
 
 ``--torch-env --num-seeds N`` (:func:`train_many_seeds`, at the end of this file) runs the same three steps for N
 independent seeds at once on the batched torch CartPole: weights stacked along a seed axis and applied with
@@ -82,7 +84,12 @@ class PPOConfig(DeepRLConfig):
     normalize_obs: bool = option(False, "normalize observations by running mean/std (saved with the agent)")
     scale_rewards: bool = option(False, "divide rewards by the running std of the discounted return")
     activation: str = option("tanh", "hidden activation", choices=("tanh", "relu"))
-    log_std_init: float = option(0.0, "initial log-std of the Gaussian policy (Box actions)")
+    log_std_init: float = option(0.0, "initial log-std of the Gaussian policy (Box actions; with --use-sde the "
+                                      "initial log sigma of the exploration matrices)")
+    use_sde: bool = option(False, "generalized state-dependent exploration (gSDE; Box actions): a = mu(s) + "
+                                  "phi(s)^T theta_eps, theta_eps ~ N(0, sigma^2) per env, phi the last hidden layer")
+    sde_sample_freq: int = option(-1, "--use-sde: resample the exploration matrices every this many env steps "
+                                      "(-1 or 0: only at the start of each rollout)", min=-1)
     torch_env: bool = option(False, "step CartPole-v1 as one batched torch env (rl/cartpole_torch.py) instead of "
                                     "N gymnasium envs: thousands of envs at once, on the GPU too; with "
                                     "--num-seeds N the N seeds train together, vectorized over stacked weights")
@@ -94,6 +101,9 @@ class PPOConfig(DeepRLConfig):
         if self.torch_env and self.env != "CartPole-v1":
             raise UserError(f"--torch-env: the batched torch env is CartPole-v1 only, not {self.env}; "
                             "drop --torch-env or use --env CartPole-v1")
+        if self.use_sde and self.torch_env:
+            raise UserError("--use-sde: gSDE needs continuous actions, the batched torch env is CartPole-v1 "
+                            "(discrete); drop --use-sde or --torch-env")
         if self.torch_env and self.num_seeds > 1:
             unsupported = [flag for flag, on in (("--normalize-obs", self.normalize_obs),
                                                  ("--scale-rewards", self.scale_rewards),
@@ -109,8 +119,11 @@ class PPO(Agent):
 
     def __init__(self, env: str, config: PPOConfig, device=None):
         super().__init__(env, config, device)
+        if config.use_sde and not isinstance(self.action_space, gym.spaces.Box):
+            raise UserError(f"--use-sde: gSDE needs continuous (Box) actions, {env} has {self.action_space}; "
+                            "drop --use-sde")
         self.net = ActorCritic(self.obs_dim, self.action_space, config.hidden, config.activation,
-                               config.log_std_init).to(self.device)
+                               config.log_std_init, config.use_sde, config.num_envs).to(self.device)
         self.obs_norm = ObsNormalizer(self.obs_shape).to(self.device) if config.normalize_obs else None
         self.reward_scale = RewardScaler(config.num_envs, config.gamma).to(self.device) \
             if config.scale_rewards else None
@@ -165,7 +178,9 @@ class PPO(Agent):
             storage.reset()
             ep_stats = {"episode_return": [], "episode_length": []}
             obs = torch.as_tensor(env.obs, device=dev)
-            for _ in range(T):
+            for t in range(T):
+                if cfg.use_sde and (t == 0 or (cfg.sde_sample_freq > 0 and t % cfg.sde_sample_freq == 0)):
+                    self.net.sde.resample()                      # theta_eps ~ N(0, sigma^2), one per env (gSDE)
                 with torch.no_grad():
                     x = self.normalize(obs, update=True)
                     action, logp = self.net.sample(x)             # a_t ~ pi_old(.|s_t), log pi_old(a_t|s_t)
