@@ -85,7 +85,7 @@ class ActorCritic(nn.Module):
         if self.sde is not None:
             mu, phi = self._mean_features(obs)
             return Independent(Normal(mu, self.sde.variance(phi).sqrt(), validate_args=False), 1,
-                               validate_args=False)           # N(mu(s), diag((phi^2)^T sigma^2)), gSDE eq. 5
+                               validate_args=False)           # N(mu(s), diag((phi^2)^T sigma^2)), rl/sde.py [V]
         out = self.actor(obs)
         if self.discrete:
             return Categorical(logits=out, validate_args=False)         # softmax policy
@@ -97,7 +97,7 @@ class ActorCritic(nn.Module):
         stream) of ``Categorical(logits=z).sample()``. gSDE: a = mu(s) + phi(s)^T theta_eps with the current matrices
         (one per row when the batch is the envs)."""
         if self.sde is not None:
-            return self.sde.sample(*self._mean_features(obs))        # gSDE eq. 4
+            return self.sde.sample(*self._mean_features(obs))        # a = mu(s) + phi(s)^T theta_eps, rl/sde.py [E]
         if not self.discrete:
             d = self.dist(obs)
             a = d.sample()
@@ -111,7 +111,7 @@ class ActorCritic(nn.Module):
         """log pi(a|s) [B] and the entropy H[pi(.|s)] [B] (differentiable), from one actor pass."""
         if self.sde is not None:
             mu, phi = self._mean_features(obs)
-            return self.sde.log_prob_entropy(mu, phi, actions)       # N(a; mu, diag v(s)), gSDE eq. 5
+            return self.sde.log_prob_entropy(mu, phi, actions)       # N(a; mu, diag v(s)), rl/sde.py [V]
         if not self.discrete:
             d = self.dist(obs)
             return d.log_prob(actions), d.entropy()

@@ -4,7 +4,7 @@ use_expln=False, learn_features=False).
 
 Instead of fresh Gaussian noise at every step, the exploration noise is a linear function of the policy's features:
 
-    a = mu(s) + eps(s),   eps(s) = phi(s)^T theta_eps,   theta_eps ~ N(0, sigma^2)   (paper eq. 4)
+    a = mu(s) + eps(s),   eps(s) = phi(s)^T theta_eps,   theta_eps ~ N(0, sigma^2)   [E]
 
 with phi(s) [latent_dim] the last hidden layer of the policy network (detached: the features are not trained
 through the noise), theta_eps [latent_dim, action_dim] an exploration matrix with independent entries
@@ -14,7 +14,7 @@ between: smooth, state-consistent exploration. One matrix per parallel env.
 
 For a fixed s, eps_j(s) = sum_i phi_i(s) theta_ij is a sum of independent Gaussians, so
 
-    pi(a|s) = N(mu(s), diag(v(s))),   v_j(s) = sum_i phi_i(s)^2 sigma_ij^2               (paper eq. 5)
+    pi(a|s) = N(mu(s), diag(v(s))),   v_j(s) = sum_i phi_i(s)^2 sigma_ij^2               [V]
 
 which is the likelihood PPO uses for its ratio (a small epsilon is added to v as SB3 does).
 """
@@ -54,7 +54,7 @@ class StateDependentNoise(nn.Module):
         self.theta.copy_(torch.randn(self.theta.shape, device=self.theta.device) * self.std())
 
     def noise(self, phi: torch.Tensor) -> torch.Tensor:
-        """eps(s) = phi(s)^T theta_eps [B, action_dim] (eq. 4): row b uses matrix b when B equals the number of
+        """eps(s) = phi(s)^T theta_eps [B, action_dim] (the [E] eq. above): row b uses matrix b when B equals the number of
         matrices (one per env), otherwise every row uses matrix 0 (SB3's single exploration matrix)."""
         phi = phi.detach()
         B, L = phi.shape
@@ -65,7 +65,7 @@ class StateDependentNoise(nn.Module):
         return phi @ self.theta[0]
 
     def variance(self, phi: torch.Tensor) -> torch.Tensor:
-        """v(s) = (phi(s)^2)^T sigma^2 + epsilon [B, action_dim] (eq. 5); differentiable in log sigma only."""
+        """v(s) = (phi(s)^2)^T sigma^2 + epsilon [B, action_dim] (the [V] eq. above); differentiable in log sigma only."""
         return (phi.detach() ** 2) @ (self.std() ** 2) + self.epsilon
 
     def sample(self, mu: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
