@@ -75,7 +75,8 @@ class PPOConfig(DeepRLConfig):
     anneal_clip: bool = option(True, "decay the clip range linearly to 0 over training (rl-zoo's lin_0.2)")
     clip_vloss: bool = option(False, "clip the value update around the old values (PPO2's value clipping)")
     ent_coef: float = option(0.0, "entropy bonus coefficient c2", min=0.0)
-    vf_coef: float = option(0.5, "value loss coefficient c1", min=0.0)
+    vf_coef: float = option(0.5, "value loss coefficient c1 of the squared error (V - V^targ)^2 (PPO eq. 9 and "
+                                 "SB3; CleanRL's 0.5 (V - V^targ)^2 with c1 0.5 is --vf-coef 0.25)", min=0.0)
     norm_adv: bool = option(True, "normalize advantages per minibatch")
     target_kl: float | None = option(None, "stop the epochs of an iteration once the approximate KL exceeds this")
     closed_form_grad: bool = option(True, "categorical policies: the gradient of the loss in closed form, "
@@ -260,9 +261,9 @@ class PPO(Agent):
             pg_loss = -torch.min(surr1, surr2).mean()             # -L^CLIP (eq. 7)
             if cfg.clip_vloss:   # max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)
                 v_clipped = mb["values"] + (value - mb["values"]).clamp(-clip, clip)
-                v_loss = 0.5 * torch.max((value - mb["returns"]) ** 2, (v_clipped - mb["returns"]) ** 2).mean()
+                v_loss = torch.max((value - mb["returns"]) ** 2, (v_clipped - mb["returns"]) ** 2).mean()
             else:
-                v_loss = 0.5 * ((value - mb["returns"]) ** 2).mean()
+                v_loss = ((value - mb["returns"]) ** 2).mean()     # L^VF = (V(s) - V^targ)^2 (eq. 9: no 1/2)
             loss = pg_loss + cfg.vf_coef * v_loss                 # eq. 9 (as a loss) ...
             if cfg.ent_coef > 0:                                  # ... - c2 H (c2 = 0: no entropy backward)
                 loss = loss - cfg.ent_coef * entropy
@@ -287,7 +288,7 @@ class PPO(Agent):
         dL/dz_j (logits z, minibatch of B) = -(1/B) dL^CLIP/dr r (1[j = a] - pi_j)    (d log pi(a)/dz_j = 1[j=a] - pi_j)
                                            + (c2/B) pi_j (log pi_j + H)              (dH/dz_j = -pi_j (log pi_j + H))
         dL^CLIP/dr = A where min() takes the unclipped term or r lies in [1 - eps, 1 + eps], else 0 (eq. 7);
-        dL/dV = (c1/B) (V - R), or through the clipped branch when --clip-vloss picks it (as autograd: ties split).
+        dL/dV = (2 c1/B) (V - R), or through the clipped branch when --clip-vloss picks it (as autograd: ties split).
         Then both MLPs by back-propagation (:func:`_mlp_backward`)."""
         cfg, B = self.config, len(ratio)
         inside = (ratio >= 1 - clip) & (ratio <= 1 + clip)
@@ -299,13 +300,13 @@ class PPO(Agent):
         if cfg.ent_coef > 0:
             dz += (cfg.ent_coef / B) * pi * (logp_all + entropies[:, None])
         value, ret = hs_critic[-1].squeeze(-1), mb["returns"]
-        dv = (cfg.vf_coef / B) * (value - ret)                           # d/dV c1 0.5 mean (V - R)^2
+        dv = (2 * cfg.vf_coef / B) * (value - ret)                       # d/dV c1 mean (V - R)^2
         if cfg.clip_vloss:
             v_clipped = mb["values"] + (value - mb["values"]).clamp(-clip, clip)
             e1, e2 = (value - ret) ** 2, (v_clipped - ret) ** 2
             w1 = torch.where(e1 > e2, 1.0, torch.where(e1 < e2, 0.0, 0.5))    # which branch max() takes
             slope = ((value - mb["values"]).abs() <= clip).float()            # d v_clipped / dV
-            dv = (cfg.vf_coef / B) * (w1 * (value - ret) + (1 - w1) * (v_clipped - ret) * slope)
+            dv = (2 * cfg.vf_coef / B) * (w1 * (value - ret) + (1 - w1) * (v_clipped - ret) * slope)
         _mlp_backward(hs_actor, self.net.actor, dz)
         _mlp_backward(hs_critic, self.net.critic, dv[:, None])
 
@@ -629,9 +630,9 @@ def _seed_update(nets: SeedNets, adam: SeedAdam, mb: dict[str, torch.Tensor], ro
     value = nets.value(mb["obs"], params)
     if cfg.clip_vloss:
         v_clipped = mb["values"] + (value - mb["values"]).clamp(-clip, clip)
-        v_loss = 0.5 * torch.max((value - mb["returns"]) ** 2, (v_clipped - mb["returns"]) ** 2).mean(1)
+        v_loss = torch.max((value - mb["returns"]) ** 2, (v_clipped - mb["returns"]) ** 2).mean(1)
     else:
-        v_loss = 0.5 * ((value - mb["returns"]) ** 2).mean(1)
+        v_loss = ((value - mb["returns"]) ** 2).mean(1)             # L^VF = (V(s) - V^targ)^2
     loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy     # eq. 9 as a loss, [seeds]
     grads = torch.autograd.grad(loss.sum(), params)
     if cfg.max_grad_norm > 0:                                         # clip each seed's global gradient norm
