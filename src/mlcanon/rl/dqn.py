@@ -15,7 +15,9 @@ Each env step, top to bottom (the structure of CleanRL's dqn.py):
 The semantics are SB3's and CleanRL's: the target update interval counts env steps, epsilon decays linearly over
 ``--exploration-fraction`` of the budget, random actions before ``--learning-starts``, Huber loss, gradient norm
 clipped to 10, Adam (eps 1e-8), greedy evaluation, truncation bootstraps. Greedy actions are computed in numpy on
-views of the weights (:meth:`QNetwork.forward_numpy`): per env step, torch's call overhead would dominate.
+views of the weights (:meth:`QNetwork.forward_numpy`): per env step, torch's call overhead would dominate. For
+the same reason the plain MLP's gradient is written by hand (:meth:`DQN.backprop`, checked against autograd by
+tests/rl/deep/test_dqn_backprop.py); dueling heads and prioritized replay use autograd (:meth:`DQN.update`).
 Options: dueling heads Q = V + A - mean_a A (Wang et al. 2016, eq. 9); prioritized replay (Schaul et al. 2016).
 Defaults are rl-baselines3-zoo's CartPole-v1 hyperparameters.
 """
