@@ -234,7 +234,7 @@ def train(config: AdversarialTrainingConfig, run: Run | None = None) -> dict:
 def load_model(run_dir: str | Path, config: AdversarialTrainingConfig | None = None, tag: str = "best") -> nn.Module:
     from mlcanon.data import load
     from mlcanon.registry import config_of
-    config = config or config_of(run_dir, "adversarial-training")
+    config = (config or config_of(run_dir, "adversarial-training")).effective()
     ds = load(config.dataset, "test", data_dir=config.data_dir)
     return load_weights(make_model(config, ds.input_shape, ds.num_classes), run_dir, tag)
 
@@ -257,7 +257,7 @@ def evaluate(run_dir: str | Path, options: RobustEvalOptions | None = None) -> d
     from mlcanon.data import load
     from mlcanon.registry import config_of
     options = options or RobustEvalOptions()
-    config = config_of(run_dir, "adversarial-training")
+    config = config_of(run_dir, "adversarial-training").effective()   # unset fields -> their defaults
     model = load_model(run_dir, config).to(resolve_device(options.device))
     ds = load(config.dataset, options.split, data_dir=config.data_dir, val_fraction=config.val_fraction)
     x, y = ds.x, ds.targets
@@ -274,7 +274,7 @@ def sample(run_dir: str | Path, n: int = 64, out: str | Path | None = None, opti
     from mlcanon.data import load
     from mlcanon.data.images import save_image_grid
     from mlcanon.registry import config_of
-    config = config_of(run_dir, "adversarial-training")
+    config = config_of(run_dir, "adversarial-training").effective()   # unset fields -> their defaults
     model = load_model(run_dir, config)
     ds = load(config.dataset, "test", data_dir=config.data_dir)
     k = max(1, min(n, 32) // 2)
