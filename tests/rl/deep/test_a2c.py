@@ -1,4 +1,4 @@
-"""A2C: the numpy greedy action used in evaluation is the policy's mode; CartPole-v1 solved on seeds 0-2 (slow)."""
+"""A2C (and PPO): the numpy greedy action used in evaluation is the policy's mode; CartPole-v1 solved on seeds 0-2 (slow)."""
 
 import numpy as np
 import pytest
@@ -6,13 +6,16 @@ import torch
 
 from mlcanon.rl.a2c import A2C, A2CConfig
 from mlcanon.rl.a2c import train as train_a2c
+from mlcanon.rl.ppo import PPO, PPOConfig
 
 PROTOCOL = {"target_return": 475.0, "eval_every": 1000, "eval_episodes": 10, "progress": False, "device": "cpu"}
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_numpy_greedy_action_is_the_policy_mode(activation):
-    agent = A2C("CartPole-v1", A2CConfig(device="cpu", progress=False, hidden=(16, 16), activation=activation))
+@pytest.mark.parametrize("cls,config", [(A2C, A2CConfig), (PPO, PPOConfig)])
+def test_numpy_greedy_action_is_the_policy_mode(cls, config, activation):
+    """A2C's and PPO's evaluation act (ActorCritic.greedy_numpy) is argmax of the torch logits."""
+    agent = cls("CartPole-v1", config(device="cpu", progress=False, hidden=(16, 16), activation=activation))
     with torch.no_grad():
         for p in agent.net.actor.parameters():   # logits of O(1) (the 0.01-gain head would make ties likely)
             p.normal_()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from replay_data import random_replay_buffer
 
-from mlcanon.rl.buffers import ReplayBuffer
 from mlcanon.rl.dqn import DQN, DQNConfig, QNetwork
 from mlcanon.rl.dqn import train as train_dqn
 
@@ -37,13 +37,7 @@ def _agent_and_buffer(double=False):
     cfg = DQNConfig(device="cpu", progress=False, hidden=(32,), batch_size=16, gradient_steps=5, lr=1e-2,
                     double=double, max_grad_norm=1.0)
     agent = DQN("CartPole-v1", cfg, device="cpu")
-    buf = ReplayBuffer(500, (4,), seed=3)
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        o = rng.normal(size=(1, 4)).astype(np.float32)
-        term = rng.random(1) < 0.1
-        buf.add(o, rng.integers(0, 2, 1), rng.normal(size=1), o + 0.1, term, term)
-    return agent, buf
+    return agent, random_replay_buffer()
 
 
 @pytest.mark.parametrize("double", [False, True])

@@ -5,12 +5,11 @@ step bitwise (the same kernel on the same state)."""
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from replay_data import random_replay_buffer
 
-from mlcanon.rl.buffers import ReplayBuffer
 from mlcanon.rl.dqn import DQN, DQNConfig
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -64,23 +63,13 @@ def test_hand_gradient_equals_autograd(loss, activation, hidden):
         assert tol < 1e-3 * scale
 
 
-def _buffer():
-    buf = ReplayBuffer(500, (4,), seed=3)
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        o = rng.normal(size=(1, 4)).astype(np.float32)
-        term = rng.random(1) < 0.1
-        buf.add(o, rng.integers(0, 2, 1), rng.normal(size=1), o + 0.1, term, term)
-    return buf
-
-
 @pytest.mark.parametrize("double", [False, True])
 @pytest.mark.parametrize("loss", ["huber", "mse"])
 def test_a_hand_written_phase_trains_as_the_autograd_phase(double, loss):
     kw = {"gradient_steps": 6, "lr": 1e-2, "double": double, "loss": loss, "max_grad_norm": 1.0}
     agent, ref = _agent(**kw), _agent(**kw)             # the same initial weights (the same seed)
     ref.hand_backprop = False                            # DQN.update: autograd, then the same optimizer step
-    buf, ref_buf = _buffer(), _buffer()
+    buf, ref_buf = random_replay_buffer(), random_replay_buffer()
     out, ref_out = agent.train_phase(buf, 0.4), ref.train_phase(ref_buf, 0.4)
     G = agent.config.gradient_steps
     # weights O(1), G Adam steps each rounded in float32 (the gradients agree to ~(B + H) eps, relative)
