@@ -225,7 +225,8 @@ def measure(deadline_s: float = DEADLINE_S) -> list[Row]:
     p_t99 = _med(_time_to(pts, TARGET) for pts in peer)
     p_30, p_60 = _med(_acc_at(p, 30) for p in peer), _med(_acc_at(p, 60) for p in peer)
     env = (f"load average {load0[0]:.1f} at start, {load1[0]:.1f} at end (1 min) on {os.cpu_count()} cores "
-           f"shared with other jobs; torch threads {threads}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}")
+           f"shared with other jobs; torch threads {threads}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')} in this process (each run picks its own at start: "
+           f"see mlcanon/__init__.py)")
     seeds_note = ("ours (wall s, accuracy; CPU s): " + "; ".join(
         f"seed {s}: " + ", ".join(f"{a:.2%} in {t:.0f} s" for t, a in pts) + f" ({ours_cpu[s]:.0f} CPU s)"
         for s, pts in ours.items()))
