@@ -46,7 +46,7 @@ from mlcanon.rl.agent import (
 )
 from mlcanon.rl.buffers import PrioritizedReplayBuffer, ReplayBuffer, beta_at
 from mlcanon.rl.exploration import make_schedule
-from mlcanon.rl.policies import mlp
+from mlcanon.rl.policies import flat_parameters, mlp, mlp_backward, mlp_forward
 from mlcanon.rl.vec_env import VecEnv
 from mlcanon.runs import Run
 from mlcanon.training import TrainState
@@ -128,18 +128,6 @@ class QNetwork(nn.Module):
         return (h @ wv + bv) + a - a.mean(-1, keepdims=True)      # V + A - mean A
 
 
-def _view_params(module: nn.Module, flat: torch.Tensor, flat_grad: torch.Tensor | None = None) -> None:
-    """Make the module's parameters (and their .grad) views of one flat vector, in parameters() order; in-place
-    updates of the vector (Adam, load_state_dict, the target copy) are then seen by the module and vice versa."""
-    offset = 0
-    for p in module.parameters():
-        n = p.numel()
-        p.data = flat[offset:offset + n].view_as(p)                    # theta_i is a view of the flat vector
-        if flat_grad is not None:
-            p.grad = flat_grad[offset:offset + n].view_as(p)           # gradients land in the flat gradient
-        offset += n
-
-
 class DQN(Agent):
     name = "dqn"
     config_cls = DQNConfig
@@ -155,17 +143,12 @@ class DQN(Agent):
         # One flat parameter vector and one flat gradient vector, the module's tensors being views of them: the
         # gradient clipping is one norm, Adam one fused update and zeroing one fill, instead of one per tensor
         # (at a [64 x 256] minibatch these per-tensor calls cost as much as the arithmetic).
-        self.flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in self.q.parameters()]))
-        self.flat.grad = torch.zeros_like(self.flat)
-        _view_params(self.q, self.flat.data, self.flat.grad)
-        self.target_flat = self.flat.detach().clone()                  # theta^-, viewed by the target net
-        _view_params(self.target, self.target_flat)
+        self.flat = flat_parameters(self.q)
+        self.target_flat = flat_parameters(self.target, grad=False).detach()   # theta^-, viewed by the target net
         self.optimizer = torch.optim.Adam([self.flat], lr=config.lr, fused=True)
         # The plain MLP's gradient is written by hand (:meth:`backprop`), autograd being half of a step's time at
         # these sizes; dueling heads and prioritized replay (IS weights, one minibatch at a time) use autograd.
         self.hand_backprop = not config.dueling and not config.prioritized
-        linears = [m for m in self.q.modules() if isinstance(m, nn.Linear)]
-        self._layers = [(m.weight.detach(), m.bias.detach(), m.weight.grad, m.bias.grad) for m in linears]
 
     def modules(self):
         return {"q": self.q}
@@ -283,27 +266,13 @@ class DQN(Agent):
             dL/dW_l = dL/dz_l^T h_{l-1},   dL/db_l = sum_i dL/dz_l[i]
             dL/dz_{l-1} = (dL/dz_l W_l) * act'(z_{l-1}),  relu'(z) = [h > 0],  tanh'(z) = 1 - h^2
         """
-        hs = [obs]                                                    # the forward keeps h_0 .. h_{L-1}
-        for w, b, _, _ in self._layers[:-1]:
-            z = torch.addmm(b, hs[-1], w.t())                           # z_l = h_{l-1} W_l^T + b_l
-            hs.append(z.relu_() if self.config.activation == "relu" else z.tanh_())
-        w, b, _, _ = self._layers[-1]
-        q = torch.addmm(b, hs[-1], w.t())                               # Q(s, .) = z_L
+        hs = mlp_forward(obs, self.q.q)                                 # [h_0 = s, h_1, ..., Q(s, .) = z_L]
+        q = hs[-1]
         torch.gather(q, 1, actions, out=q_sa)                           # Q(s_i, a_i)
         d = q_sa - y                                                    # TD error (negated)
         d = d.clamp_(-1.0, 1.0) if self.config.loss == "huber" else d.mul_(2.0)
         dz = torch.zeros_like(q).scatter_(1, actions, d.mul_(1.0 / len(d)))   # dL/dz_L, one entry per row
-        for l in range(len(self._layers) - 1, -1, -1):
-            w, _, gw, gb = self._layers[l]
-            torch.mm(dz.t(), hs[l], out=gw)                             # dL/dW_l = dz_l^T h_{l-1}
-            torch.sum(dz, 0, out=gb)                                    # dL/db_l = sum_i dz_l[i]
-            if l:
-                dz = torch.mm(dz, w)                                    # dL/dh_{l-1} = dz_l W_l
-                h = hs[l]
-                if self.config.activation == "relu":
-                    dz.mul_(h.sign())                                   # * relu'(z_{l-1}) = [h_{l-1} > 0] = sign(h)
-                else:
-                    dz.mul_(1.0 - h * h)                                # * tanh'(z_{l-1}) = 1 - h_{l-1}^2
+        mlp_backward(hs, self.q.q, dz)                                  # dL/dW_l, dL/db_l into the flat gradient
 
     def optimizer_step(self) -> None:
         """Clip the global gradient norm (as clip_grad_norm_: g <- g min(1, c / (|g| + 1e-6))), then one Adam step.

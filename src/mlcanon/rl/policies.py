@@ -27,7 +27,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from mlcanon.rl.sde import StateDependentNoise
 
-__all__ = ["ActorCritic", "collect_rollout", "flat_parameters", "mlp"]
+__all__ = ["ActorCritic", "collect_rollout", "flat_parameters", "mlp", "mlp_backward", "mlp_forward"]
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -150,19 +150,56 @@ class ActorCritic(nn.Module):
         return actions if self.discrete else torch.maximum(torch.minimum(actions, self.high), self.low)
 
 
-def flat_parameters(module: nn.Module) -> nn.Parameter:
+def _linears(seq: torch.nn.Sequential) -> list[tuple[torch.nn.Linear, str | None]]:
+    """(Linear, the activation after it or None) for an :func:`mlp`."""
+    mods = list(seq)
+    return [(m, None if i + 1 == len(mods) else type(mods[i + 1]).__name__) for i, m in enumerate(mods)
+            if isinstance(m, torch.nn.Linear)]
+
+
+def mlp_forward(x: torch.Tensor, seq: torch.nn.Sequential) -> list[torch.Tensor]:
+    """The MLP's input and the output of every layer (after its activation): [x, h_1, ..., h_L]. tanh(y) is computed
+    as 2 sigmoid(2y) - 1 (within 2e-7 of torch.tanh, which costs about 2x on CPU), 2y by addmm's scale factors."""
+    hs = [x]
+    for lin, act in _linears(seq):
+        if act == "Tanh":
+            hs.append(torch.addmm(lin.bias, hs[-1], lin.weight.t(), beta=2, alpha=2).sigmoid_().mul_(2).sub_(1))
+        else:
+            y = torch.addmm(lin.bias, hs[-1], lin.weight.t())           # h W^T + b
+            hs.append(torch.relu(y) if act == "ReLU" else y)
+    return hs
+
+
+def mlp_backward(hs: list[torch.Tensor], seq: torch.nn.Sequential, dy: torch.Tensor) -> None:
+    """Back-propagation (Rumelhart et al. 1986) of dL/dh_L through the MLP, into the parameters' .grad:
+    dW_l = delta_l^T h_{l-1}, db_l = sum_rows delta_l, delta_{l-1} = (delta_l W_l) * f'(h_{l-1}) with
+    tanh' = 1 - tanh^2 and relu' = 1[h > 0]."""
+    layers = _linears(seq)
+    for i in range(len(layers) - 1, -1, -1):
+        lin = layers[i][0]
+        torch.mm(dy.t(), hs[i], out=lin.weight.grad)
+        torch.sum(dy, 0, out=lin.bias.grad)
+        if i > 0:
+            dh, act = dy @ lin.weight, layers[i - 1][1]
+            dy = torch.ops.aten.tanh_backward(dh, hs[i]) if act == "Tanh" else dh * (hs[i] > 0)
+
+
+def flat_parameters(module: nn.Module, grad: bool = True) -> nn.Parameter:
     """One flat parameter vector (with a zero gradient) whose slices become ``module``'s parameters and gradients
     (views; the module's state_dict is unchanged). An optimizer over it does one fused update, gradient clipping
     one scaling and zeroing one fill; backward accumulates into the views, so zero ``flat.grad`` (never set the
-    module's grads to None) between steps, and move the module to its device before."""
+    module's grads to None) between steps, and move the module to its device before. ``grad=False``: the parameters
+    only (e.g. a target network updated in place)."""
     params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]), requires_grad=grad)
+    if grad:
+        flat.grad = torch.zeros_like(flat)
     offset = 0
     for p in params:
         n = p.numel()
         p.data = flat.data[offset:offset + n].view_as(p)           # theta_i is a view of the flat vector
-        p.grad = flat.grad[offset:offset + n].view_as(p)           # so is its gradient
+        if grad:
+            p.grad = flat.grad[offset:offset + n].view_as(p)       # so is its gradient
         offset += n
     return flat
 

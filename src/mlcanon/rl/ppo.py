@@ -51,7 +51,7 @@ from mlcanon.rl.agent import (
 )
 from mlcanon.rl.buffers import RolloutStorage
 from mlcanon.rl.cartpole_torch import CartPoleTorch, counter_bits, counter_uniform
-from mlcanon.rl.policies import ActorCritic, flat_parameters
+from mlcanon.rl.policies import ActorCritic, flat_parameters, mlp_backward, mlp_forward
 from mlcanon.rl.returns import explained_variance, gae
 from mlcanon.rl.vec_env import ObsNormalizer, RewardScaler, VecEnv
 from mlcanon.runs import Run, read_config
@@ -242,7 +242,7 @@ class PPO(Agent):
         closed = cfg.closed_form_grad and self.net.discrete
         with torch.set_grad_enabled(not closed):
             if closed:
-                hs_actor, hs_critic = _mlp_forward(mb["obs"], self.net.actor), _mlp_forward(mb["obs"], self.net.critic)
+                hs_actor, hs_critic = mlp_forward(mb["obs"], self.net.actor), mlp_forward(mb["obs"], self.net.critic)
                 z = hs_actor[-1]                                  # logits
                 logp_all = z - z.logsumexp(-1, keepdim=True)      # log pi(.|s) = z - log sum_b exp z_b
                 logp = logp_all.gather(-1, mb["actions"][:, None]).squeeze(-1)
@@ -289,7 +289,7 @@ class PPO(Agent):
                                            + (c2/B) pi_j (log pi_j + H)              (dH/dz_j = -pi_j (log pi_j + H))
         dL^CLIP/dr = A where min() takes the unclipped term or r lies in [1 - eps, 1 + eps], else 0 (eq. 7);
         dL/dV = (2 c1/B) (V - R), or through the clipped branch when --clip-vloss picks it (as autograd: ties split).
-        Then both MLPs by back-propagation (:func:`_mlp_backward`)."""
+        Then both MLPs by back-propagation (:func:`~mlcanon.rl.policies.mlp_backward`)."""
         cfg, B = self.config, len(ratio)
         inside = (ratio >= 1 - clip) & (ratio <= 1 + clip)
         dr = torch.where(surr1 <= surr2, 1.0, inside.float())   # (a tie outside the range has A = 0: no gradient)
@@ -307,42 +307,8 @@ class PPO(Agent):
             w1 = torch.where(e1 > e2, 1.0, torch.where(e1 < e2, 0.0, 0.5))    # which branch max() takes
             slope = ((value - mb["values"]).abs() <= clip).float()            # d v_clipped / dV
             dv = (2 * cfg.vf_coef / B) * (w1 * (value - ret) + (1 - w1) * (v_clipped - ret) * slope)
-        _mlp_backward(hs_actor, self.net.actor, dz)
-        _mlp_backward(hs_critic, self.net.critic, dv[:, None])
-
-
-def _linears(seq: torch.nn.Sequential) -> list[tuple[torch.nn.Linear, str | None]]:
-    """(Linear, the activation after it or None) for an :func:`~mlcanon.rl.policies.mlp`."""
-    mods = list(seq)
-    return [(m, None if i + 1 == len(mods) else type(mods[i + 1]).__name__) for i, m in enumerate(mods)
-            if isinstance(m, torch.nn.Linear)]
-
-
-def _mlp_forward(x: torch.Tensor, seq: torch.nn.Sequential) -> list[torch.Tensor]:
-    """The MLP's input and the output of every layer (after its activation): [x, h_1, ..., h_L]. tanh(y) is computed
-    as 2 sigmoid(2y) - 1 (within 2e-7 of torch.tanh, which costs about 2x on CPU), 2y by addmm's scale factors."""
-    hs = [x]
-    for lin, act in _linears(seq):
-        if act == "Tanh":
-            hs.append(torch.addmm(lin.bias, hs[-1], lin.weight.t(), beta=2, alpha=2).sigmoid_().mul_(2).sub_(1))
-        else:
-            y = torch.addmm(lin.bias, hs[-1], lin.weight.t())           # h W^T + b
-            hs.append(torch.relu(y) if act == "ReLU" else y)
-    return hs
-
-
-def _mlp_backward(hs: list[torch.Tensor], seq: torch.nn.Sequential, dy: torch.Tensor) -> None:
-    """Back-propagation (Rumelhart et al. 1986) of dL/dh_L through the MLP, into the parameters' .grad:
-    dW_l = delta_l^T h_{l-1}, db_l = sum_rows delta_l, delta_{l-1} = (delta_l W_l) * f'(h_{l-1}) with
-    tanh' = 1 - tanh^2 and relu' = 1[h > 0]."""
-    layers = _linears(seq)
-    for i in range(len(layers) - 1, -1, -1):
-        lin = layers[i][0]
-        torch.mm(dy.t(), hs[i], out=lin.weight.grad)
-        torch.sum(dy, 0, out=lin.bias.grad)
-        if i > 0:
-            dh, act = dy @ lin.weight, layers[i - 1][1]
-            dy = torch.ops.aten.tanh_backward(dh, hs[i]) if act == "Tanh" else dh * (hs[i] > 0)
+        mlp_backward(hs_actor, self.net.actor, dz)
+        mlp_backward(hs_critic, self.net.critic, dv[:, None])
 
 
 def train(config: PPOConfig, run: Run | None = None) -> dict:
