@@ -31,7 +31,7 @@ from mlcanon.metrics.rl import mean_ci95
 from mlcanon.registry import EvalOptions, SampleOptions
 from mlcanon.rl.vec_env import _encode, evaluate_episodes, make_env, obs_shape_of
 from mlcanon.runs import Run, load_checkpoint, read_config, save_checkpoint, seed_everything
-from mlcanon.training import Loop, TrainState
+from mlcanon.training import Loop, TrainState, _seed_key
 
 # which agents take which action spaces (the error for an unsupported space names them)
 SUPPORTED_SPACES: dict[str, tuple[str, ...]] = {
@@ -55,7 +55,7 @@ class DeepRLConfig(CommonConfig):
     max_grad_norm: float = option(0.5, "clip the global gradient norm to this value (0: off)", min=0.0)
     max_episode_steps: int = option(0, "episode time limit (0: the env's own); truncation bootstraps", min=0)
     eval_every: int = option(10_000, "env steps between greedy evaluations (0: only at the end)", min=0)
-    eval_episodes: int = option(10, "episodes per evaluation (run in parallel)", min=1)
+    eval_episodes: int = option(10, "episodes per evaluation (run in parallel; new episodes at each evaluation)", min=1)
     target_return: float | None = option(None, "stop at the first evaluation whose mean return reaches this")
     num_seeds: int = option(1, "independent seeds --seed, --seed + 1, ..., trained one after another in this "
                                "process, each bitwise the single run with its seed (RUN_DIR/seeds/<run>/); "
@@ -187,7 +187,10 @@ class Agent:
         before, after = loop.step, loop.step + n
         if (cfg.eval_every and after // cfg.eval_every > before // cfg.eval_every) or after >= loop.total:
             t_eval = time.perf_counter()
-            ev = self.evaluate(cfg.eval_episodes, seed=cfg.seed)
+            # the k-th evaluation plays new episodes (as SB3's EvalCallback, whose eval env runs on), keyed by
+            # (seed, k) with k counted from the step, so a resumed run replays the same ones
+            k = -(-after // cfg.eval_every) if cfg.eval_every else 0
+            ev = self.evaluate(cfg.eval_episodes, seed=training_eval_seed(cfg.seed, k))
             self.eval_seconds += time.perf_counter() - t_eval
             rec = {"eval/return_mean": ev["return_mean"], "eval/return_ci95": ev["return_ci95"]}
             self.run.log(after, {k: v for k, v in rec.items() if math.isfinite(v)})
@@ -208,6 +211,14 @@ class Agent:
         wall = time.perf_counter() - self._t0
         return {"step": int(self.state.step), "best_eval_return": c["best_eval"], "solved_step": c["solved_step"],
                 "wall_seconds": wall, "eval_seconds": self.eval_seconds, "train_seconds": wall - self.eval_seconds}
+
+
+_TRAINING_EVAL = 7_919                       # stream id of the evaluations during training
+
+
+def training_eval_seed(seed: int, k: int) -> int:
+    """Episode seed of the k-th evaluation during training of the run ``seed`` (distinct from `mlcanon eval`'s)."""
+    return _seed_key(seed, _TRAINING_EVAL, k) % (2**31 - 1)
 
 
 def episode_metrics(info: dict) -> dict[str, float | None]:

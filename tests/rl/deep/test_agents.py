@@ -142,3 +142,21 @@ def test_num_seeds_runs_each_seed_bitwise_as_its_single_run(tmp_path):
     assert strip(read_metrics(children[1])) == strip(read_metrics(single["run_dir"]))
     assert (tmp_path / "multi" / next(p.name for p in (tmp_path / "multi").iterdir()) / "curves_seeds.png").is_file()
     assert type(Agent.load(multi["run_dir"])) is PPO
+
+
+def test_each_evaluation_during_training_plays_new_episodes(tmp_path):
+    """SB3's EvalCallback protocol: its eval env runs on, so the k-th evaluation sees new start states. With lr 0 the
+    policy never changes, so equal means at every evaluation would mean the same episodes were replayed."""
+    from mlcanon.rl.agent import training_eval_seed
+    from mlcanon.rl.ppo import train
+    from mlcanon.runs import read_metrics
+    cfg = PPOConfig(device="cpu", progress=False, lr=0.0, total_steps=256, num_envs=2, num_steps=32, update_epochs=1,
+                    minibatch_size=32, eval_every=32, eval_episodes=3, hidden=(8,), out_dir=str(tmp_path))
+    out = train(cfg)
+    means = [r["eval/return_mean"] for r in read_metrics(out["run_dir"]) if "eval/return_mean" in r]
+    assert len(means) == 4 and len(set(means)) > 1          # at steps 64, 128, 192, 256 (iterations of 64 steps)
+    # the evaluation at step s is keyed by (seed, k = s / eval_every): the unchanged policy on those episodes gives the logged mean again
+    agent = Agent.load(out["run_dir"], "checkpoint")
+    assert [agent.evaluate(3, seed=training_eval_seed(cfg.seed, k))["return_mean"] for k in (2, 8)] == \
+        [means[0], means[-1]]
+    assert len({training_eval_seed(0, 1), training_eval_seed(0, 2), training_eval_seed(1, 1)}) == 3
