@@ -33,7 +33,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from mlcanon.config import from_dict, option
 from mlcanon.errors import UserError
@@ -54,7 +53,7 @@ from mlcanon.rl.cartpole_torch import CartPoleTorch, counter_bits, counter_unifo
 from mlcanon.rl.policies import ActorCritic, flat_parameters, mlp_backward, mlp_forward
 from mlcanon.rl.returns import explained_variance, gae
 from mlcanon.rl.vec_env import ObsNormalizer, RewardScaler, VecEnv
-from mlcanon.runs import Run, read_config
+from mlcanon.runs import Run, load_checkpoint, read_config
 from mlcanon.training import TrainState
 
 
@@ -105,13 +104,13 @@ class PPOConfig(DeepRLConfig):
         if self.use_sde and self.torch_env:
             raise UserError("--use-sde: gSDE needs continuous actions, the batched torch env is CartPole-v1 "
                             "(discrete); drop --use-sde or --torch-env")
-        if self.torch_env and self.num_seeds > 1:
+        if self.torch_env:          # every --torch-env run is train_many_seeds (also --num-seeds 1)
             unsupported = [flag for flag, on in (("--normalize-obs", self.normalize_obs),
                                                  ("--scale-rewards", self.scale_rewards),
                                                  ("--target-kl", self.target_kl is not None)) if on]
             if unsupported:
-                raise UserError(f"--torch-env --num-seeds: {', '.join(unsupported)} is not supported by the "
-                                "vectorized seeds; drop it or run the seeds one by one without --torch-env")
+                raise UserError(f"--torch-env: {', '.join(unsupported)} is not supported by the vectorized "
+                                "seeds of the torch env; drop it, or drop --torch-env (gymnasium envs)")
 
 
 class PPO(Agent):
@@ -312,8 +311,10 @@ class PPO(Agent):
 
 
 def train(config: PPOConfig, run: Run | None = None) -> dict:
-    """Train PPO; returns the run folder, the step reached, the best evaluation and the step that solved it."""
-    if config.torch_env and config.num_seeds > 1:
+    """Train PPO; returns the run folder, the step reached, the best evaluation and the step that solved it.
+    ``--torch-env`` runs (any ``--num-seeds``, 1 included) go through :func:`train_many_seeds`, so that seed i of
+    ``--num-seeds N --seed s`` is bitwise the run ``--seed s+i``."""
+    if config.torch_env:
         return train_many_seeds(config, run)
     return train_agent(PPO, config, run)
 
@@ -326,8 +327,10 @@ def train(config: PPOConfig, run: Run | None = None) -> dict:
 # leading seed axis and applied with batched matmuls), its own Adam moments and gradient-norm clipping, its own
 # CartPole envs (episodes keyed by (seed, env, episode)), and its own counter-based random numbers (actions and
 # minibatch permutations keyed by (seed, iteration, ...)). Only the reports reduce over seeds. A seed leaves the
-# batch at its first evaluation >= --target-return, so the batch shrinks as seeds solve.
-_ACTIONS, _MINIBATCHES, _EVAL = 1, 2, 104_729          # random-stream ids of counter_bits keys
+# batch at its first evaluation >= --target-return, so the batch shrinks as seeds solve. Everything the loop carries
+# (stacked weights, Adam moments, envs, active set, evaluation tables, counters) is one TrainState, checkpointed
+# every --checkpoint-every env steps (per seed), so a killed run resumes (`mlcanon train --resume`) bitwise.
+_ACTIONS, _MINIBATCHES, _EVAL, _EVAL_CLI = 1, 2, 104_729, 7_927    # random-stream ids of counter_bits keys
 
 
 class _Tanh(torch.autograd.Function):
@@ -362,15 +365,38 @@ class SeedNets:
         for i in range(len(linears[0])):
             self.params.append(torch.stack([ls[i].weight.detach().T for ls in linears]).contiguous().to(device))
             self.params.append(torch.stack([ls[i].bias.detach()[None] for ls in linears]).to(device))
+        self.activation = activation
         self.act = _Tanh.apply if activation == "tanh" else torch.relu
 
     @classmethod
     def from_params(cls, params: list[torch.Tensor], n_actor: int, activation: str) -> SeedNets:
         """Nets from stacked weights (a run's seeds_weights.safetensors), without building S modules."""
         nets = cls.__new__(cls)
-        nets.params, nets.n_actor = list(params), n_actor
+        nets.params, nets.n_actor, nets.activation = list(params), n_actor, activation
         nets.act = _Tanh.apply if activation == "tanh" else torch.relu
         return nets
+
+    def state_dict(self) -> dict:
+        return {"params": self.params}
+
+    def load_state_dict(self, st: dict) -> None:
+        device = self.params[0].device
+        self.params = [torch.as_tensor(p).to(device).clone() for p in st["params"]]
+
+    def actor_critic(self, i: int, action_space) -> ActorCritic:
+        """Seed i's weights as the single run's :class:`~mlcanon.rl.policies.ActorCritic` (the inverse of
+        ``__init__``: W_i is the Linear's weight transposed), e.g. for Agent.load and ``mlcanon sample``."""
+        hidden = tuple(int(w.shape[-1]) for w in self.params[0:2 * (self.n_actor - 1):2])
+        with torch.random.fork_rng(devices=[]):      # the throw-away initialization leaves the global stream alone
+            net = ActorCritic(int(self.params[0].shape[1]), action_space, hidden, self.activation)
+        linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+        if 2 * len(linears) != len(self.params):
+            raise ValueError(f"SeedNets.actor_critic: {len(self.params)} stacked tensors for {len(linears)} layers")
+        with torch.no_grad():
+            for j, lin in enumerate(linears):
+                lin.weight.copy_(self.params[2 * j][i].T)
+                lin.bias.copy_(self.params[2 * j + 1][i, 0])
+        return net
 
     def _mlp(self, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         n = len(params) // 2
@@ -420,6 +446,35 @@ class SeedAdam:
         self.m = [m[idx] for m in self.m]
         self.v = [v[idx] for v in self.v]
 
+    def state_dict(self) -> dict:
+        return {"m": self.m, "v": self.v, "t": self.t}
+
+    def load_state_dict(self, st: dict) -> None:
+        device = self.m[0].device
+        self.m = [torch.as_tensor(m).to(device).clone() for m in st["m"]]
+        self.v = [torch.as_tensor(v).to(device).clone() for v in st["v"]]
+        self.t = int(st["t"])
+
+
+class _SeedsBook:
+    """The rest of what the loop of :func:`train_many_seeds` carries: the positions of the seeds still training,
+    the weights of every seed when it left (or its last ones), and each evaluation's per-seed mean returns
+    [evaluations, seeds] (nan: the seed had left)."""
+
+    def __init__(self, final_params: list[torch.Tensor], num_seeds: int, device):
+        self.final_params = final_params
+        self.active = torch.arange(num_seeds, device=device)
+        self.eval_table = torch.zeros(0, num_seeds, dtype=torch.float64)
+
+    def state_dict(self) -> dict:
+        return {"final_params": self.final_params, "active": self.active, "eval_table": self.eval_table}
+
+    def load_state_dict(self, st: dict) -> None:
+        device = self.active.device
+        self.final_params = [torch.as_tensor(p).to(device).clone() for p in st["final_params"]]
+        self.active = torch.as_tensor(st["active"]).to(device).clone()
+        self.eval_table = torch.as_tensor(st["eval_table"]).clone()
+
 
 def _categorical(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """a ~ softmax(logits) by inverse CDF from uniforms u [...]: a = #{k : P(A <= k) <= u} (clamped)."""
@@ -428,11 +483,14 @@ def _categorical(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_seeds(nets: SeedNets, seeds: torch.Tensor, episodes: int, max_steps: int, device) -> torch.Tensor:
-    """Greedy returns [S, episodes] of each seed's policy on the torch CartPole; episode j of seed s starts from
-    the state keyed (s, _EVAL, j), the same episodes at every evaluation (as Agent.evaluate with a fixed seed)."""
+def evaluate_seeds(nets: SeedNets, seeds: torch.Tensor, episodes: int, max_steps: int, device, *, evaluation: int,
+                   stream: int = _EVAL) -> torch.Tensor:
+    """Greedy returns [S, episodes] of each seed's policy on the torch CartPole. Episode j of evaluation k of seed
+    s starts from the state keyed (s, stream, k) and j: new episodes at every evaluation (during training k counts
+    the --eval-every boundaries passed, a function of the step as in the single agents, so a resumed run replays
+    the same ones), each seed's depending on that seed only. ``mlcanon eval`` draws from its own stream (_EVAL_CLI)."""
     S = len(seeds)
-    env = CartPoleTorch(episodes, counter_bits(seeds, _EVAL).tolist(), device, max_steps)
+    env = CartPoleTorch(episodes, counter_bits(seeds, stream, evaluation).tolist(), device, max_steps)
     obs = env.reset()
     ret = torch.zeros(S * episodes, dtype=torch.float64, device=device)
     alive = torch.ones(S * episodes, dtype=torch.bool, device=device)
@@ -447,8 +505,11 @@ def evaluate_seeds(nets: SeedNets, seeds: torch.Tensor, episodes: int, max_steps
 
 
 def train_many_seeds(config: PPOConfig, run: Run | None = None) -> dict:
-    """PPO for seeds seed..seed+N-1 at once on the batched torch CartPole; writes result.json (per-seed solve
-    steps and evaluation returns, how many solved) and curves_seeds.png (median and bands over seeds)."""
+    """PPO for seeds seed..seed+N-1 at once on the batched torch CartPole (every ``--torch-env`` run, N = 1
+    included); writes result.json (per-seed solve steps and evaluation returns, how many solved),
+    curves_seeds.png (median and bands over seeds), seeds_weights.safetensors (every seed's final weights,
+    stacked) and agent.safetensors (the first seed's weights as a PPO agent's, for Agent.load / ``mlcanon
+    sample``). Resumes from the run's checkpoint when ``run`` was reopened (``mlcanon train --resume``)."""
     cfg = config
     run = Run.start("ppo", cfg, run)
     dev = run.device
@@ -456,24 +517,26 @@ def train_many_seeds(config: PPOConfig, run: Run | None = None) -> dict:
     S0, T, E, M = len(all_seeds), cfg.num_steps, cfg.num_envs, cfg.minibatch_size
     B = T * E                                                   # samples per seed per iteration
     max_steps = cfg.max_episode_steps or 500
-    probe = CartPoleTorch(1)
-    nets = SeedNets(all_seeds, 4, probe.action_space, cfg.hidden, cfg.activation, dev)
-    final_params = [p.clone() for p in nets.params]            # each seed's weights when it leaves (or at the end)
+    space = gym.spaces.Discrete(2)                              # CartPole's actions
+    nets = SeedNets(all_seeds, 4, space, cfg.hidden, cfg.activation, dev)
+    book = _SeedsBook([p.clone() for p in nets.params], S0, dev)
     adam = SeedAdam(nets.params)
     env = CartPoleTorch(E, all_seeds, dev, max_steps)
-    env.reset()
-    active = torch.arange(S0, device=dev)                      # positions (in all_seeds) of the seeds still training
+    state = TrainState(nets=nets, adam=adam, env=env, book=book)
+    c = state.counters
+    c.update(iteration=0, solved_steps=[None] * S0, best_evals=[None] * S0, eval_steps=[])
+    if not state.restore(run):                                 # --resume: weights, Adam, envs, book, counters
+        env.reset()
     seeds = torch.tensor(all_seeds, dtype=torch.int64, device=dev)
-    solved_step = [None] * S0
-    best_eval = [None] * S0
-    eval_steps: list[int] = []
-    eval_table: list[np.ndarray] = []                          # per evaluation: [S0] mean returns (nan: not evaluated)
-    iteration, step, eval_seconds, t0 = 0, 0, 0.0, time.perf_counter()
-    bar = run.progress(cfg.total_steps, unit="step", desc=f"ppo x{S0} seeds", enabled=cfg.progress)
-    while step < cfg.total_steps and len(active) > 0:
+    ckpt_every = cfg.checkpoint_every or max(1, cfg.total_steps // 10)
+    eval_seconds, t0 = 0.0, time.perf_counter()               # wall-clock, reported (never checkpointed)
+    bar = run.progress(cfg.total_steps, initial=state.step, unit="step", desc=f"ppo x{S0} seeds",
+                       enabled=cfg.progress)
+    while state.step < cfg.total_steps and len(book.active) > 0:
+        active, iteration = book.active, c["iteration"]
         S = len(active)
         s_keys = seeds[active]
-        frac = 1.0 - step / cfg.total_steps
+        frac = 1.0 - state.step / cfg.total_steps
         lr = cfg.lr * frac if cfg.anneal_lr else cfg.lr
         clip = cfg.clip_coef * frac if cfg.anneal_clip else cfg.clip_coef
 
@@ -521,8 +584,9 @@ def train_many_seeds(config: PPOConfig, run: Run | None = None) -> dict:
                     clipfrac_sum[rows] += cf
                 adam.t += 1
                 n_mb += 1
-        iteration += 1
-        before, step = step, step + B
+        c["iteration"] = iteration + 1
+        before = state.step
+        state.step = step = before + B
         bar.update(B)
 
         # evaluation at every --eval-every boundary; seeds that reach --target-return leave the batch ----------
@@ -531,45 +595,53 @@ def train_many_seeds(config: PPOConfig, run: Run | None = None) -> dict:
                    "train/active_seeds": S}
         if ep_returns:
             metrics["rollout/episode_return"] = float(np.mean(ep_returns))
-        if (cfg.eval_every and step // cfg.eval_every > before // cfg.eval_every) or step >= cfg.total_steps:
+        crossed = bool(cfg.eval_every) and step // cfg.eval_every > before // cfg.eval_every
+        if crossed or step >= cfg.total_steps:
             t_eval = time.perf_counter()
-            means = evaluate_seeds(nets, s_keys, cfg.eval_episodes, max_steps, dev).mean(1).cpu()
+            # the k-th evaluation plays new episodes: k = --eval-every boundaries passed (+1 for a last evaluation
+            # between two boundaries), a function of the step, so a resumed run replays the same ones
+            k = step // cfg.eval_every + (0 if crossed else 1) if cfg.eval_every else 0
+            means = evaluate_seeds(nets, s_keys, cfg.eval_episodes, max_steps, dev, evaluation=k).mean(1).cpu()
             eval_seconds += time.perf_counter() - t_eval
-            row = np.full(S0, np.nan)
-            row[active.cpu().numpy()] = means.numpy()
-            eval_steps.append(step)
-            eval_table.append(row)
+            row = torch.full((1, S0), math.nan, dtype=torch.float64)
+            row[0, active.cpu()] = means
+            book.eval_table = torch.cat([book.eval_table, row])
+            c["eval_steps"].append(step)
             for j, i in enumerate(active.tolist()):
                 m = float(means[j])
-                best_eval[i] = m if best_eval[i] is None else max(best_eval[i], m)
+                c["best_evals"][i] = m if c["best_evals"][i] is None else max(c["best_evals"][i], m)
             done = torch.zeros(S, dtype=torch.bool)
             if cfg.target_return is not None:
                 done = means >= cfg.target_return
                 for j in torch.nonzero(done).view(-1).tolist():
-                    solved_step[int(active[j])] = step
-            n_solved = sum(x is not None for x in solved_step)
+                    c["solved_steps"][int(active[j])] = step
+            n_solved = sum(x is not None for x in c["solved_steps"])
             metrics.update({"eval/return_median_active": float(means.median()),
                             "eval/return_min_active": float(means.min()), "eval/solved_seeds": n_solved})
             bar.set_postfix(active=S, solved=n_solved, eval_median=f"{float(means.median()):.0f}")
             if bool(done.any()) or step >= cfg.total_steps:
                 leaving = active[done.to(dev)] if step < cfg.total_steps else active
                 pos = done.to(dev) if step < cfg.total_steps else torch.ones(S, dtype=torch.bool, device=dev)
-                for fp, p in zip(final_params, nets.params):
+                for fp, p in zip(book.final_params, nets.params):
                     fp[leaving] = p[pos]
                 keep = torch.nonzero(~done).view(-1).to(dev)
                 nets.params = [p[keep] for p in nets.params]
                 adam.keep(keep)
                 env.keep(keep)
-                active = active[keep]
+                book.active = active[keep]
         run.log(step, metrics)
+        finished = step >= cfg.total_steps or len(book.active) == 0
+        if step // ckpt_every > before // ckpt_every or finished:    # after the log line of this step (resume
+            state.done = finished                                     # truncates metrics.jsonl back to it)
+            state.save(run)
     bar.close()
     wall = time.perf_counter() - t0
-    result = _many_seeds_result(run, cfg, all_seeds, solved_step, best_eval, eval_steps, eval_table, step, wall,
-                                eval_seconds)
-    if run.enabled:                                            # [S0, ...] stacked weights, as SeedNets.params
-        save_file({f"param_{i}": p.contiguous().cpu() for i, p in enumerate(final_params)},
-                  str(run.dir / "seeds_weights.safetensors"))
-    return run.finish(result, step=step)
+    result = _many_seeds_result(run, cfg, all_seeds, c, book.eval_table.numpy(), state.step, wall, eval_seconds)
+    # every seed's final weights stacked [S0, ...] as SeedNets.params, and the first seed's as a PPO agent's
+    run.save({"params": book.final_params}, state.step, tag="seeds_weights")
+    first = SeedNets.from_params(book.final_params, nets.n_actor, cfg.activation).actor_critic(0, space)
+    run.save({"policy": first.state_dict()}, state.step, tag="agent")
+    return run.finish(result, step=state.step)
 
 
 def _seed_major(x: torch.Tensor) -> torch.Tensor:
@@ -612,8 +684,9 @@ def _seed_update(nets: SeedNets, adam: SeedAdam, mb: dict[str, torch.Tensor], ro
     return approx_kl, clipfrac
 
 
-def _many_seeds_result(run: Run, cfg: PPOConfig, seeds, solved_step, best_eval, eval_steps, eval_table, step,
-                       wall, eval_seconds) -> dict:
+def _many_seeds_result(run: Run, cfg: PPOConfig, seeds, counters: dict, eval_table: np.ndarray, step, wall,
+                       eval_seconds) -> dict:
+    solved_step, best_eval, eval_steps = counters["solved_steps"], counters["best_evals"], counters["eval_steps"]
     solved = [s for s in solved_step if s is not None]
     best = np.array([np.nan if b is None else b for b in best_eval])
     result = {"run_dir": str(run.dir), "seeds": seeds, "num_seeds": len(seeds), "solved": len(solved),
@@ -621,11 +694,11 @@ def _many_seeds_result(run: Run, cfg: PPOConfig, seeds, solved_step, best_eval, 
               "solved_step_median": float(np.median(solved)) if solved else None,
               "solved_step_min": min(solved) if solved else None, "solved_step_max": max(solved) if solved else None,
               "best_eval_return_median": float(np.nanmedian(best)), "best_eval_return_min": float(np.nanmin(best)),
-              "env_steps_all_seeds": int(sum(s if s is not None else step for s in solved_step)),
+              "env_steps_all_seeds": int(sum(s if s is not None else step for s in solved_step)), "step": int(step),
               "wall_seconds": wall, "eval_seconds": eval_seconds, "train_seconds": wall - eval_seconds,
               "solved_steps": solved_step, "best_eval_returns": best_eval}
-    if run.enabled and eval_table:
-        _plot_many_seeds(run.dir / "curves_seeds.png", np.array(eval_steps), np.stack(eval_table), solved_step,
+    if run.enabled and len(eval_table):
+        _plot_many_seeds(run.dir / "curves_seeds.png", np.array(eval_steps), eval_table, solved_step,
                          cfg.target_return)
     return result
 
@@ -659,19 +732,23 @@ def _plot_many_seeds(path, steps: np.ndarray, table: np.ndarray, solved_step, ta
 
 
 def evaluate_ppo_run(run_dir: Path, options: RLEvalOptions | None = None) -> dict:
-    """``mlcanon eval RUN_DIR``; on a ``--torch-env --num-seeds`` run, every seed's weights (saved when it solved, or
-    at the end) are evaluated greedily on the torch CartPole: per-seed means, how many reach the target."""
+    """``mlcanon eval RUN_DIR``; on a ``--torch-env`` run, every seed's weights (saved when it solved, or at the end)
+    are evaluated greedily on the torch CartPole, on new episodes (their own stream, keyed by ``--seed``): per-seed
+    means, how many reach the target."""
     options = options or RLEvalOptions()
-    weights = Path(run_dir) / "seeds_weights.safetensors"
-    if not weights.is_file():
-        return evaluate_run(run_dir, options)
-    if options.stochastic:
-        raise UserError("--stochastic: a --num-seeds --torch-env run is evaluated greedily only; drop --stochastic")
     cfg = from_dict(PPOConfig, read_config(run_dir)["config"], source=f"{run_dir}/config.json")
-    w = load_file(str(weights))
-    nets = SeedNets.from_params([w[f"param_{i}"] for i in range(len(w))], len(cfg.hidden) + 1, cfg.activation)
-    seeds = torch.arange(cfg.seed, cfg.seed + cfg.num_seeds) + 1_000_003 * (options.seed + 1)   # fresh episodes
-    means = evaluate_seeds(nets, seeds, options.episodes, cfg.max_episode_steps or 500, "cpu").mean(1)
+    if not cfg.torch_env:
+        return evaluate_run(run_dir, options)
+    ck = load_checkpoint(run_dir, tag="seeds_weights")
+    if ck is None:
+        raise UserError(f"{run_dir}: this --torch-env run has not finished (no seeds_weights.safetensors); "
+                        f"finish it with `mlcanon train --resume {run_dir}`")
+    if options.stochastic:
+        raise UserError("--stochastic: a --torch-env run is evaluated greedily only; drop --stochastic")
+    nets = SeedNets.from_params(ck[0]["params"], len(cfg.hidden) + 1, cfg.activation)
+    seeds = torch.arange(cfg.seed, cfg.seed + cfg.num_seeds)
+    means = evaluate_seeds(nets, seeds, options.episodes, cfg.max_episode_steps or 500, "cpu",
+                           evaluation=options.seed, stream=_EVAL_CLI).mean(1)
     target = cfg.target_return if cfg.target_return is not None else 475.0
     n_ok = int((means >= target).sum())
     return {"eval/return_mean_median": float(means.median()), "eval/return_mean_min": float(means.min()),
