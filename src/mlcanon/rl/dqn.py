@@ -46,7 +46,8 @@ from mlcanon.rl.agent import (
 )
 from mlcanon.rl.buffers import PrioritizedReplayBuffer, ReplayBuffer, beta_at
 from mlcanon.rl.exploration import make_schedule
-from mlcanon.rl.policies import flat_parameters, mlp, mlp_backward, mlp_forward
+from mlcanon.rl.policies import flat_parameters, mlp, mlp_backward, mlp_forward, mlp_numpy, numpy_views
+from mlcanon.rl.returns import polyak_update
 from mlcanon.rl.vec_env import VecEnv
 from mlcanon.runs import Run
 from mlcanon.training import TrainState
@@ -113,16 +114,10 @@ class QNetwork(nn.Module):
         overhead is several times the arithmetic of a [1, 4] x [4, 256] x [256, 256] product. The views follow
         the in-place updates of the optimizer and of load_state_dict."""
         if self._np_layers is None:
-            linears = [m for m in self.modules() if isinstance(m, nn.Linear)]   # in forward()'s order
-            self._np_layers = [(m.weight.detach().numpy().T, m.bias.detach().numpy()) for m in linears]
-        h = np.asarray(obs, dtype=np.float32)
-        for w, b in (self._np_layers[:-2] if self.dueling else self._np_layers[:-1]):
-            h = h @ w
-            h += b
-            np.maximum(h, 0.0, out=h) if self.activation == "relu" else np.tanh(h, out=h)
+            self._np_layers = numpy_views([m for m in self.modules() if isinstance(m, nn.Linear)])  # forward()'s order
         if not self.dueling:
-            w, b = self._np_layers[-1]
-            return h @ w + b
+            return mlp_numpy(self._np_layers, obs, self.activation)
+        h = mlp_numpy(self._np_layers[:-2], obs, self.activation, activate_last=True)
         (wv, bv), (wa, ba) = self._np_layers[-2:]
         a = h @ wa + ba
         return (h @ wv + bv) + a - a.mean(-1, keepdims=True)      # V + A - mean A
@@ -203,10 +198,7 @@ class DQN(Agent):
             metrics = {"train/epsilon": eps, **episode_metrics(info)}
             # 3. target network update --------------------------------------------------------------------
             if after // cfg.target_update_every > step // cfg.target_update_every:
-                if cfg.tau == 1.0:
-                    self.target_flat.copy_(self.flat.detach())                # theta^- <- theta (hard copy)
-                else:
-                    self.target_flat.lerp_(self.flat.detach(), cfg.tau)       # theta^- <- tau theta + (1 - tau) theta^-
+                polyak_update(self.target_flat, self.flat, cfg.tau)   # theta^- <- tau theta + (1 - tau) theta^-
             # 4. training phase ------------------------------------------------------------------------------
             if after > cfg.learning_starts and after // cfg.train_every > step // cfg.train_every:
                 out = self.train_phase(buffer, beta_at(after, total, cfg.per_beta))

@@ -27,7 +27,8 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from mlcanon.rl.sde import StateDependentNoise
 
-__all__ = ["ActorCritic", "collect_rollout", "flat_parameters", "mlp", "mlp_backward", "mlp_forward"]
+__all__ = ["ActorCritic", "collect_rollout", "flat_parameters", "mlp", "mlp_backward", "mlp_forward", "mlp_numpy",
+           "numpy_views"]
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -131,14 +132,8 @@ class ActorCritic(nn.Module):
         if not self.discrete:
             raise ValueError("greedy_numpy: the policy is not categorical")
         if self._actor_np is None:
-            self._actor_np = [(m.weight.detach().numpy().T, m.bias.detach().numpy())
-                              for m in self.actor if isinstance(m, nn.Linear)]
-        h = np.asarray(obs, dtype=np.float32)
-        for i, (w, b) in enumerate(self._actor_np):
-            h = h @ w + b
-            if i < len(self._actor_np) - 1:
-                h = np.tanh(h) if self.activation == "tanh" else np.maximum(h, 0.0)
-        return h.argmax(-1)
+            self._actor_np = numpy_views([m for m in self.actor if isinstance(m, nn.Linear)])
+        return mlp_numpy(self._actor_np, obs, self.activation).argmax(-1)
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """The deterministic action: argmax pi (discrete) or the mean mu(s) (Gaussian)."""
@@ -182,6 +177,25 @@ def mlp_backward(hs: list[torch.Tensor], seq: torch.nn.Sequential, dy: torch.Ten
         if i > 0:
             dh, act = dy @ lin.weight, layers[i - 1][1]
             dy = torch.ops.aten.tanh_backward(dh, hs[i]) if act == "Tanh" else dh * (hs[i] > 0)
+
+
+def numpy_views(linears: list[nn.Linear]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(W^T, b) of each Linear as numpy views of its (CPU) weights: they follow in-place updates (optimizer steps,
+    load_state_dict), so they are built once."""
+    return [(m.weight.detach().numpy().T, m.bias.detach().numpy()) for m in linears]
+
+
+def mlp_numpy(layers: list[tuple[np.ndarray, np.ndarray]], obs, activation: str,
+              activate_last: bool = False) -> np.ndarray:
+    """An MLP's forward h <- act(h W^T + b) in numpy on :func:`numpy_views`, for acting on a few observations, where
+    torch's per-call overhead is several times the arithmetic; no activation after the last layer unless asked."""
+    h = np.asarray(obs, dtype=np.float32)
+    for i, (w, b) in enumerate(layers):
+        h = h @ w
+        h += b
+        if activate_last or i < len(layers) - 1:
+            np.maximum(h, 0.0, out=h) if activation == "relu" else np.tanh(h, out=h)
+    return h
 
 
 def flat_parameters(module: nn.Module, grad: bool = True) -> nn.Parameter:

@@ -123,14 +123,22 @@ def explained_variance(returns: torch.Tensor, values: torch.Tensor) -> float | N
 
 
 @torch.no_grad()
-def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """theta_target <- tau theta + (1 - tau) theta_target (Lillicrap et al. 2016); tau = 1 is a hard copy."""
+@torch.no_grad()
+def polyak_update(target: nn.Module | torch.Tensor, source: nn.Module | torch.Tensor, tau: float) -> None:
+    """theta_target <- tau theta + (1 - tau) theta_target (Lillicrap et al. 2016); tau = 1 is a hard copy.
+
+    On two modules (parameters updated, buffers copied) or on two tensors, e.g. flat parameter vectors."""
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must be in [0, 1], got {tau}")
-    for pt, ps in zip(target.parameters(), source.parameters(), strict=True):
+    if isinstance(target, torch.Tensor):
+        pairs, buffers = [(target, source)], []
+    else:
+        pairs = list(zip(target.parameters(), source.parameters(), strict=True))
+        buffers = list(zip(target.buffers(), source.buffers(), strict=True))
+    for pt, ps in pairs:
         if tau == 1.0:
             pt.copy_(ps)
         else:
             pt.lerp_(ps, tau)                                        # pt + tau (ps - pt)
-    for bt, bs in zip(target.buffers(), source.buffers(), strict=True):
+    for bt, bs in buffers:
         bt.copy_(bs)

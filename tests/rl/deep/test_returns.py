@@ -87,6 +87,11 @@ def test_polyak_soft_and_hard():
     polyak_update(tgt, src, 1.0)
     for s, p in zip(src.parameters(), tgt.parameters()):
         assert torch.equal(p, s)
+    flat_t, flat_s = torch.zeros(5), torch.arange(5.0)            # flat parameter vectors, as DQN keeps them
+    polyak_update(flat_t, flat_s, 0.5)
+    assert torch.equal(flat_t, 0.5 * flat_s)
+    polyak_update(flat_t, flat_s, 1.0)
+    assert torch.equal(flat_t, flat_s)
 
 
 def test_explained_variance_limits():
