@@ -736,13 +736,12 @@ def evaluate_ppo_run(run_dir: Path, options: RLEvalOptions | None = None) -> dic
     are evaluated greedily on the torch CartPole, on new episodes (their own stream, keyed by ``--seed``): per-seed
     means, how many reach the target."""
     options = options or RLEvalOptions()
-    cfg = from_dict(PPOConfig, read_config(run_dir)["config"], source=f"{run_dir}/config.json")
+    cfg = _config_of(run_dir)
     if not cfg.torch_env:
         return evaluate_run(run_dir, options)
     ck = load_checkpoint(run_dir, tag="seeds_weights")
     if ck is None:
-        raise UserError(f"{run_dir}: this --torch-env run has not finished (no seeds_weights.safetensors); "
-                        f"finish it with `mlcanon train --resume {run_dir}`")
+        raise _unfinished(run_dir)
     if options.stochastic:
         raise UserError("--stochastic: a --torch-env run is evaluated greedily only; drop --stochastic")
     nets = SeedNets.from_params(ck[0]["params"], len(cfg.hidden) + 1, cfg.activation)
@@ -758,9 +757,35 @@ def evaluate_ppo_run(run_dir: Path, options: RLEvalOptions | None = None) -> dic
                        f"new episodes each; median {float(means.median()):.1f}, min {float(means.min()):.1f}"}
 
 
+def _config_of(run_dir: Path) -> PPOConfig:
+    return from_dict(PPOConfig, read_config(run_dir)["config"], source=f"{run_dir}/config.json")
+
+
+def _unfinished(run_dir: Path) -> UserError:
+    return UserError(f"{run_dir}: this --torch-env run has not finished (its weights are written at the end); "
+                     f"finish it with `mlcanon train --resume {run_dir}`")
+
+
+def load_ppo_agent(run_dir: Path, config=None, tag: str = "best") -> Agent:
+    """The registry's load hook: :func:`~mlcanon.rl.agent.load_agent`; a ``--torch-env`` run's agent is its first
+    seed's final weights (agent.safetensors), written when the run ends."""
+    if _config_of(run_dir).torch_env and not (Path(run_dir) / "agent.safetensors").is_file():
+        raise _unfinished(run_dir)
+    return load_agent(run_dir, config, tag)
+
+
+def sample_ppo_run(run_dir: Path, n: int = 10, out: Path | None = None, options: RLSampleOptions | None = None
+                   ) -> Path:
+    """``mlcanon sample RUN_DIR`` (:func:`~mlcanon.rl.agent.sample_run`); on a ``--torch-env`` run, the first seed's
+    agent on gymnasium's CartPole-v1."""
+    if _config_of(run_dir).torch_env and not (Path(run_dir) / "agent.safetensors").is_file():
+        raise _unfinished(run_dir)
+    return sample_run(run_dir, n, out, options)
+
+
 register("ppo", family="rl-deep", config=PPOConfig,
          description="proximal policy optimization: clipped surrogate, GAE, minibatch epochs (discrete/Gaussian)",
-         evaluate=evaluate_ppo_run, sample=sample_run, load=load_agent, eval_options=RLEvalOptions,
+         evaluate=evaluate_ppo_run, sample=sample_ppo_run, load=load_ppo_agent, eval_options=RLEvalOptions,
          sample_options=RLSampleOptions,
          tiny={"env": "CartPole-v1", "total_steps": 256, "num_envs": 2, "num_steps": 32, "update_epochs": 2,
                "minibatch_size": 32, "eval_every": 128, "eval_episodes": 2, "max_episode_steps": 50,

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from mlcanon import config as cfg
+from mlcanon import registry
 from mlcanon.cli import main
 from mlcanon.errors import UserError
 from mlcanon.rl import ppo
@@ -193,6 +194,7 @@ def test_cli_seed_of_many_is_bitwise_the_single_run(multi_run, tmp_path):
     assert len(np.load(tmp_path / "t.npz")["returns"]) == 2
     assert main(["eval", str(alone), "--episodes", "2"]) == 0
     assert json.loads((alone / "eval.json").read_text())["seeds"] == 1
+    assert registry.load_run(alone).model is not None
 
 
 def test_sigkilled_run_resumes_bitwise(multi_run, tmp_path):
@@ -204,6 +206,8 @@ def test_sigkilled_run_resumes_bitwise(multi_run, tmp_path):
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     killed = _run_dir(tmp_path)
     assert checkpoint_step(killed) == 256 and not (killed / "result.json").exists()
+    for cmd in ("eval", "sample"):                       # one line: finish it first
+        assert main([cmd, str(killed)]) == 2
     assert main(["train", "--resume", str(killed)]) == 0
     for tag in ("checkpoint", "seeds_weights", "agent"):
         a, b = (load_file(str(d / f"{tag}.safetensors")) for d in (multi_run, killed))
