@@ -17,10 +17,11 @@ Discrete actions use a categorical policy, Box actions a diagonal Gaussian with 
 2022, :mod:`mlcanon.rl.sde`): the noise phi(s)^T theta_eps, with exploration matrices resampled at the start of
 each rollout and every ``--sde-sample-freq`` steps. Defaults are rl-baselines3-zoo's CartPole-v1 hyperparameters.
 
-``--torch-env --num-seeds N`` (:func:`train_many_seeds`, at the end of this file) runs the same three steps for N
-independent seeds at once on the batched torch CartPole: weights stacked along a seed axis and applied with
-batched matmuls, per-seed Adam, envs and counter-based random numbers, and each seed leaving the batch at its
-first evaluation >= ``--target-return``.
+``--torch-env --num-seeds N`` (:func:`train_many_seeds`, at the end of this file; every ``--torch-env`` run, N = 1
+included, so seed i of N is bitwise the run ``--seed seed+i``) runs the same three steps for N independent seeds at
+once on the batched torch CartPole: weights stacked along a seed axis and applied with batched matmuls, per-seed
+Adam, envs and counter-based random numbers, each seed leaving the batch at its first evaluation >=
+``--target-return``, checkpoints for ``mlcanon train --resume``.
 """
 
 from __future__ import annotations
