@@ -57,8 +57,9 @@ class DeepRLConfig(CommonConfig):
     eval_every: int = option(10_000, "env steps between greedy evaluations (0: only at the end)", min=0)
     eval_episodes: int = option(10, "episodes per evaluation (run in parallel; new episodes at each evaluation)", min=1)
     target_return: float | None = option(None, "stop at the first evaluation whose mean return reaches this")
-    num_seeds: int = option(1, "independent seeds --seed, --seed + 1, ..., trained one after another in this "
-                               "process, each bitwise the single run with its seed (RUN_DIR/seeds/<run>/); "
+    num_seeds: int = option(1, "independent seeds --seed, --seed + 1, ..., each bitwise the single run with its "
+                               "seed: with gymnasium envs trained one after another in this process "
+                               "(RUN_DIR/seeds/<run>/), with PPO's --torch-env all at once (batched); "
                                "curves_seeds.png draws their median and range", min=1)
 
     def check(self) -> None:
@@ -187,9 +188,11 @@ class Agent:
         before, after = loop.step, loop.step + n
         if (cfg.eval_every and after // cfg.eval_every > before // cfg.eval_every) or after >= loop.total:
             t_eval = time.perf_counter()
-            # the k-th evaluation plays new episodes (as SB3's EvalCallback, whose eval env runs on), keyed by
-            # (seed, k) with k counted from the step, so a resumed run replays the same ones
-            k = -(-after // cfg.eval_every) if cfg.eval_every else 0
+            # each evaluation plays new episodes (as SB3's EvalCallback, whose eval env runs on), keyed by (seed, k)
+            # with k counted from the step, so a resumed run replays the same ones: k = the number of --eval-every
+            # boundaries passed, plus one for a last evaluation that passed none
+            crossed = cfg.eval_every and after // cfg.eval_every > before // cfg.eval_every
+            k = (after // cfg.eval_every if crossed else after // cfg.eval_every + 1) if cfg.eval_every else 0
             ev = self.evaluate(cfg.eval_episodes, seed=training_eval_seed(cfg.seed, k))
             self.eval_seconds += time.perf_counter() - t_eval
             rec = {"eval/return_mean": ev["return_mean"], "eval/return_ci95": ev["return_ci95"]}

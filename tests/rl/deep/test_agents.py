@@ -160,3 +160,16 @@ def test_each_evaluation_during_training_plays_new_episodes(tmp_path):
     assert [agent.evaluate(3, seed=training_eval_seed(cfg.seed, k))["return_mean"] for k in (2, 8)] == \
         [means[0], means[-1]]
     assert len({training_eval_seed(0, 1), training_eval_seed(0, 2), training_eval_seed(1, 1)}) == 3
+
+
+def test_evaluation_keys_never_repeat_within_a_run(monkeypatch):
+    """Iterations of 128 steps, --eval-every 200, 700 steps: evaluations at 256, 512 and 640 (boundaries 200, 400,
+    600) and at the end, 768, which passes no boundary; every evaluation gets its own key k."""
+    from mlcanon.rl import agent as agent_mod
+    keys = []
+    real = agent_mod.training_eval_seed
+    monkeypatch.setattr(agent_mod, "training_eval_seed", lambda seed, k: keys.append(k) or real(seed, k))
+    cfg = PPOConfig(device="cpu", progress=False, total_steps=700, num_envs=2, num_steps=64, update_epochs=1,
+                    minibatch_size=64, eval_every=200, eval_episodes=1, max_episode_steps=20, hidden=(4,))
+    PPO("CartPole-v1", cfg).learn()
+    assert keys == [1, 2, 3, 4]
