@@ -166,6 +166,19 @@ def test_actnorm_initializes_once_and_the_flag_is_saved():
     z2, _ = fresh(torch.randn(8, 3, 4, 4))     # another batch: no re-initialization
     assert torch.equal(fresh.loc, an.loc) and torch.equal(fresh.log_scale, an.log_scale)
     assert z2.abs().mean() > 1                    # the batch is standardized with x's statistics, not its own
+    # loading an uninitialized state into a module that has run: the next forward initializes again
+    an.load_state_dict(L.ActNorm(3).state_dict())
+    z3, _ = an(x * 2)
+    assert torch.allclose(z3.std((0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4) and int(an.initialized) == 1
+
+
+def test_flow_log_prob_is_the_base_distribution_plus_the_log_det():
+    from mlcanon.generative.flows.flow import Flow
+    flow = Flow([L.ActNorm(3)], (3,)).double()
+    x = torch.randn(64, 3, dtype=torch.float64) * 2 + 1
+    flow.log_prob(x)                              # initializes ActNorm
+    z, ld = flow(x)
+    torch.testing.assert_close(flow.log_prob(x), flow.base.log_prob(z) + ld, rtol=0, atol=1e-12)
 
 
 def test_lu_weight_is_p_l_u_and_logdet_matches_slogdet():

@@ -113,19 +113,16 @@ class AffineCoupling(FlowLayer):
     def __init__(self, mask: torch.Tensor, net: nn.Module, channels: int):
         super().__init__()
         self.register_buffer("mask", mask)
+        self.register_buffer("free", 1 - mask, persistent=False)   # 1 - m, the transformed half
         self.net = net
         self.scale_bound = nn.Parameter(torch.ones(channels))
 
-    def _s_t(self, xa):
-        s_raw, t = self.net(xa).chunk(2, dim=1)
-        c = self.scale_bound.view(1, -1, *([1] * (xa.dim() - 2)))
-        return c * torch.tanh(s_raw), t                           # bounded log-scale
-
     def _free_s_t(self, xa):
         """(s, t) zeroed on the masked half: there exp(s) = 1 and t = 0 leave x_a as it is."""
-        s, t = self._s_t(xa)
-        free = 1 - self.mask.to(xa.dtype)
-        return free * s, free * t
+        s_raw, t = self.net(xa).chunk(2, dim=1)
+        free = self.free.to(xa.dtype)
+        c = self.scale_bound.view(1, -1, *([1] * (xa.dim() - 2))) * free   # (1 - m) c, one per channel/feature
+        return c * torch.tanh(s_raw), free * t                             # bounded log-scale s = c tanh(s_raw)
 
     def forward(self, x):
         s, t = self._free_s_t(self.mask.to(x.dtype) * x)

@@ -296,6 +296,11 @@ class ActNorm(FlowLayer):
         self.loc = nn.Parameter(torch.zeros(num_features))
         self.log_scale = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.uint8))
+        self._known_initialized = False           # a Python copy of the flag: no tensor read per forward once set
+        self._register_load_state_dict_pre_hook(self._forget_flag)
+
+    def _forget_flag(self, *args, **kwargs):
+        self._known_initialized = False           # load_state_dict may bring either value of the buffer
 
     @torch.no_grad()
     def _initialize(self, x):
@@ -305,10 +310,13 @@ class ActNorm(FlowLayer):
         self.initialized.fill_(1)
 
     def forward(self, x):
-        if not bool(self.initialized):
-            self._initialize(x)
+        if not self._known_initialized:
+            if not bool(self.initialized):
+                self._initialize(x)
+            self._known_initialized = True
         z = (x - _channel_view(self.loc, x)) * _channel_view(torch.exp(self.log_scale), x)
-        return z, _per_example(self.log_scale.sum() * _spatial(x), x)
+        ld = self.log_scale.sum()
+        return z, _per_example(ld if x.dim() == 2 else ld * _spatial(x), x)   # H W sum_c log_scale_c
 
     def inverse(self, z):
         x = z * _channel_view(torch.exp(-self.log_scale), z) + _channel_view(self.loc, z)
