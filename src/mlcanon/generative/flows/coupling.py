@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mlcanon.generative.flows.layers import ActNorm, BatchNormFlow, FlowLayer, FlowSequence, sum_except_batch
@@ -56,9 +57,14 @@ class MLPNet(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.net = nn.Sequential(*mods, last)
+        self._linears = tuple(mods[0::2]) + (last,)   # a plain tuple: self.net[0::2] builds a new Sequential
 
     def forward(self, x):
         return self.net(x)
+
+    def weights(self) -> list[torch.Tensor]:
+        """[W_1, b_1, ..., W_L, b_L] of the linear layers, input to output (ReLU between them)."""
+        return [p for lin in self._linears for p in (lin.weight, lin.bias)]
 
 
 class ConvNet(nn.Module):
@@ -125,6 +131,8 @@ class AffineCoupling(FlowLayer):
         return c * torch.tanh(s_raw), free * t                             # bounded log-scale s = c tanh(s_raw)
 
     def forward(self, x):
+        if x.dim() == 2 and isinstance(self.net, MLPNet):         # vectors: one fused node, hand-written backward
+            return _apply_blocks([(self, None)], x)
         s, t = self._free_s_t(self.mask.to(x.dtype) * x)
         z = x * torch.exp(s) + t                                  # eq. 9: m x + (1 - m)(x exp(s) + t)
         return z, sum_except_batch(s)                             # sum over the free half of s
@@ -132,6 +140,137 @@ class AffineCoupling(FlowLayer):
     def inverse(self, z):
         s, t = self._free_s_t(self.mask.to(z.dtype) * z)          # m z = m x: the same (s, t)
         return (z - t) * torch.exp(-s), -sum_except_batch(s)      # x_b = (z_b - t) exp(-s)
+
+
+def _fusable(layer, x: torch.Tensor) -> bool:
+    return isinstance(layer, AffineCoupling) and isinstance(layer.net, MLPNet) and x.dim() == 2
+
+
+def fused_vector_forward(layers, x: torch.Tensor):
+    """(z, log|det|) of a stack of vector layers, each run of [AffineCoupling with an MLPNet, optionally followed
+    by an initialized ActNorm] going through :class:`_MLPCouplingBlocks` (one autograd node for the whole run);
+    other layers run as they are. The same values as running the layers one after the other."""
+    items, i, n = [], 0, len(layers)          # items: a layer, or a list of (coupling, actnorm | None) blocks
+    while i < n:
+        layer = layers[i]
+        if not _fusable(layer, x):
+            items.append(layer)
+            i += 1
+            continue
+        nxt = layers[i + 1] if i + 1 < n else None
+        norm = nxt if isinstance(nxt, ActNorm) and nxt.ready() else None
+        if items and isinstance(items[-1], list):
+            items[-1].append((layer, norm))
+        else:
+            items.append([(layer, norm)])
+        i += 2 if norm is not None else 1
+    lds = []
+    for item in items:
+        if isinstance(item, list):
+            x, ld = _apply_blocks(item, x)
+        else:
+            x, ld = item(x)
+        lds.append(ld)
+    return x, (lds[0] if len(lds) == 1 else torch.stack(lds).sum(0))
+
+
+def _apply_blocks(blocks, x: torch.Tensor):
+    layout, params = [], []
+    for coupling, norm in blocks:
+        weights = coupling.net.weights()
+        layout.append((coupling.mask.to(x.dtype), coupling.free.to(x.dtype), len(weights) // 2, norm is not None))
+        params += [coupling.scale_bound, *weights]
+        if norm is not None:
+            params += [norm.loc, norm.log_scale]
+    return _MLPCouplingBlocks.apply(x, tuple(layout), *params)
+
+
+class _MLPCouplingBlocks(torch.autograd.Function):
+    """A run of blocks on vectors [B, D], each an :class:`AffineCoupling` with an :class:`MLPNet` conditioner,
+    optionally followed by an :class:`ActNorm`, as one autograd node with a hand-written backward: the same
+    values as the modules' autograd path in a handful of tensor ops per block (a toy flow's training step is
+    per-op overhead more than arithmetic).
+
+    Forward of one block (m the mask, f = 1 - m, c the scale bound, h_0 = m x, h_l = relu(h_{l-1} W_l^T + b_l)):
+        [s_raw, t] = h_{L-1} W_L^T + b_L,  s = f c tanh(s_raw),  z = x e^s + f t,  ld = sum_j s_j   (eq. 6-9)
+        ActNorm (Glow 3.1): y = (z - loc) e^{ls},  ld += sum_j ls_j
+    Backward of one block from dy = dL/dy and dld = dL/dld (chain rule), last block first:
+        ActNorm: dz = dy e^{ls},  dloc = -sum_b dz,  dls = sum_b dy y + sum_b dld
+        ds = dz x e^s + dld                          (dz_j/ds_j = x_j e^{s_j}, dld/ds_j = 1)
+        dc = sum_b ds f tanh(s_raw),  ds_raw = ds f c (1 - tanh^2(s_raw)),  dt = dz f
+        MLP (Rumelhart et al. 1986): dW_l = delta_l^T h_{l-1}, db_l = sum_b delta_l,
+            delta_{l-1} = (delta_l W_l) 1[h_{l-1} > 0],  delta_L = [ds_raw, dt]
+        dx = dz e^s + m (delta_1 W_1)                 (x enters z directly and through h_0 = m x)
+    ``layout``: per block (m, f, L, has ActNorm); ``params``: per block c, W_1, b_1, ..., W_L, b_L[, loc, ls].
+    First-order only (``once_differentiable``): the saved activations carry no graph for a second derivative.
+    """
+
+    @staticmethod
+    def forward(ctx, x, layout, *params):
+        D, k, ld, acts = x.shape[1], 0, None, []
+        xs = [x]
+        for mask, free, L, norm in layout:
+            c, weights = params[k], params[k + 1:k + 1 + 2 * L]
+            hs = [x * mask]                                          # h_0 = m x
+            for i in range(L - 1):
+                hs.append(F.linear(hs[-1], weights[2 * i], weights[2 * i + 1]).relu_())   # relu(h W^T + b)
+            W, b = weights[-2], weights[-1]                          # s_raw, t by two products: contiguous
+            s_raw, t = F.linear(hs[-1], W[:D], b[:D]), F.linear(hs[-1], W[D:], b[D:])  # (chunk views are slow)
+            th = torch.tanh(s_raw)
+            fc = c.view(1, -1) * free                                # (1 - m) c
+            s = th * fc                                              # s = (1 - m) c tanh(s_raw)
+            es = torch.exp(s)
+            xe = x * es
+            x = torch.addcmul(xe, t, free)                           # z = x e^s + (1 - m) t   (eq. 9)
+            ld = s.sum(1) if ld is None else ld.add_(s.sum(1))       # log|det| += sum (1 - m) s   (eq. 6)
+            k += 1 + 2 * L
+            e = None
+            if norm:
+                loc, log_scale = params[k], params[k + 1]
+                e = torch.exp(log_scale)
+                x = (x - loc) * e                                    # y = (z - loc) e^{ls}
+                ld.add_(log_scale.sum())                             # log|det| += sum ls
+                k += 2
+            acts.append((hs, th, fc, es, xe, e))
+            xs.append(x)
+        ctx.save_for_backward(*params)
+        ctx.layout, ctx.acts, ctx.xs = layout, acts, xs              # intermediates (not inputs) kept on ctx
+        return x, ld
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy, dld):
+        params, layout, acts, xs = ctx.saved_tensors, ctx.layout, ctx.acts, ctx.xs
+        grads = [None] * len(params)
+        ends, k = [], 0
+        for _, _, L, norm in layout:                                 # where each block's parameters start
+            ends.append(k)
+            k += 1 + 2 * L + (2 if norm else 0)
+        dld_col, dld_sum = dld.unsqueeze(1), dld.sum()
+        for j in range(len(layout) - 1, -1, -1):
+            mask, free, L, norm = layout[j]
+            hs, th, fc, es, xe, e = acts[j]
+            k = ends[j]
+            weights = params[k + 1:k + 1 + 2 * L]
+            if norm:
+                dz = dy * e                                          # dz = dy e^{ls}
+                grads[k + 1 + 2 * L] = dz.sum(0).neg_()              # dloc = -sum_b dz
+                grads[k + 2 + 2 * L] = (dy * xs[j + 1]).sum(0).add_(dld_sum)   # dls = sum_b dy y + sum_b dld
+            else:
+                dz = dy
+            ds = torch.addcmul(dld_col, dz, xe)                      # ds = dz x e^s + dld
+            grads[k] = (ds * th).sum(0).mul_(free[0])                # dc = sum_b ds (1 - m) tanh(s_raw)
+            ds_raw = torch.ops.aten.tanh_backward(ds * fc, th)       # ds_raw = ds (1 - m) c (1 - tanh^2)
+            delta = torch.cat([ds_raw, dz * free], 1)                # delta_L = [ds_raw, dt], dt = dz (1 - m)
+            for i in range(L - 1, -1, -1):
+                grads[k + 1 + 2 * i] = delta.t().mm(hs[i])           # dW_l = delta_l^T h_{l-1}
+                grads[k + 2 + 2 * i] = delta.sum(0)                  # db_l = sum_b delta_l
+                if i > 0:                                            # delta_{l-1} = (delta_l W_l) relu'(h_{l-1})
+                    delta = torch.ops.aten.threshold_backward(delta.mm(weights[2 * i]), hs[i], 0)
+            if j == 0 and not ctx.needs_input_grad[0]:
+                return None, None, *grads
+            dy = torch.addcmul(dz * es, delta.mm(weights[0]), mask)  # dx = dz e^s + m (delta_1 W_1)
+        return dy, None, *grads
 
 
 # ----------------------------------------------------------------------------------------- multi-scale

@@ -15,6 +15,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
+from mlcanon.generative.flows.coupling import AffineCoupling, MLPNet, fused_vector_forward
 from mlcanon.generative.flows.layers import FlowLayer, FlowSequence
 from mlcanon.metrics.likelihood import bits_per_dim
 
@@ -32,6 +33,8 @@ class Flow(nn.Module):
     def __init__(self, layers: list[FlowLayer], data_shape, z_shape=None, *, bits: int | None = None):
         super().__init__()
         self.flow = FlowSequence(layers)
+        # vector couplings with an MLP conditioner (and the ActNorm after each) run as fused autograd nodes
+        self._fused = any(isinstance(m, AffineCoupling) and isinstance(m.net, MLPNet) for m in self.flow.layers)
         self.data_shape = tuple(data_shape)
         self.z_shape = tuple(z_shape) if z_shape is not None else self.data_shape
         self.num_dims = math.prod(self.data_shape)
@@ -47,6 +50,8 @@ class Flow(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(z = f(x), log|det df/dx|) per example."""
+        if self._fused and x.dim() == 2:
+            return fused_vector_forward(self.flow.layers, x)
         return self.flow(x)
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +63,7 @@ class Flow(nn.Module):
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"expected data of shape [B, {', '.join(map(str, self.data_shape))}], got "
                              f"{tuple(x.shape)}")
-        z, logdet = self.flow(x)
+        z, logdet = self(x)
         z = z.reshape(len(z), -1).to(self.base_loc.dtype)
         # log N(z; 0, I) = -1/2 |z|^2 - D/2 log 2 pi: self.base.log_prob(z) without two Distribution objects per call
         log_base = (z * z).sum(1).mul(-0.5).sub(0.5 * self.num_dims * LOG_2PI)

@@ -302,6 +302,12 @@ class ActNorm(FlowLayer):
     def _forget_flag(self, *args, **kwargs):
         self._known_initialized = False           # load_state_dict may bring either value of the buffer
 
+    def ready(self) -> bool:
+        """Whether the data-dependent initialization is done (then forward is a fixed affine map)."""
+        if not self._known_initialized and bool(self.initialized):
+            self._known_initialized = True
+        return self._known_initialized
+
     @torch.no_grad()
     def _initialize(self, x):
         dims = [0, *range(2, x.dim())]
