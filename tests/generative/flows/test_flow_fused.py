@@ -131,3 +131,14 @@ def test_no_second_derivative_through_the_fused_node():
     (g,) = torch.autograd.grad(flow.log_prob(x).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError):
         g.sum().backward()
+
+
+def test_bf16_autocast_takes_the_autograd_path_and_trains():
+    flow = make_flow(2, blocks=2, hidden=8, dtype=torch.float32)
+    x = torch.randn(16, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, _ = flow(x)
+        loss = -flow.log_prob(x).mean()
+    assert type(z.grad_fn).__name__ != "_MLPCouplingBlocksBackward"   # mixed dtypes: the plain modules
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in flow.parameters())

@@ -131,7 +131,7 @@ class AffineCoupling(FlowLayer):
         return c * torch.tanh(s_raw), free * t                             # bounded log-scale s = c tanh(s_raw)
 
     def forward(self, x):
-        if x.dim() == 2 and isinstance(self.net, MLPNet):         # vectors: one fused node, hand-written backward
+        if _fusable(self, x):                                     # vectors: one fused node, hand-written backward
             return _apply_blocks([(self, None)], x)
         s, t = self._free_s_t(self.mask.to(x.dtype) * x)
         z = x * torch.exp(s) + t                                  # eq. 9: m x + (1 - m)(x exp(s) + t)
@@ -143,7 +143,9 @@ class AffineCoupling(FlowLayer):
 
 
 def _fusable(layer, x: torch.Tensor) -> bool:
-    return isinstance(layer, AffineCoupling) and isinstance(layer.net, MLPNet) and x.dim() == 2
+    """A vector coupling with an MLP conditioner, outside autocast (its hand-written backward assumes one dtype)."""
+    return (isinstance(layer, AffineCoupling) and isinstance(layer.net, MLPNet) and x.dim() == 2
+            and not torch.is_autocast_enabled(x.device.type))
 
 
 def fused_vector_forward(layers, x: torch.Tensor):
