@@ -1,10 +1,11 @@
 """The fused vector couplings (one autograd node with a hand-written backward for runs of AffineCoupling + MLPNet
-[+ ActNorm]): the same log p(x) and gradients as the plain autograd formulas (eq. 9 written out from the module's
+[+ ActNorm or BatchNormFlow]): the same log p(x) and gradients as the plain autograd formulas (eq. 9 written out from the module's
 own conditioner), torch.autograd.gradcheck in float64, masks of both parities, and the path that
 ``mlcanon train realnvp --dataset toy2d:moons --norm actnorm`` builds is the fused one."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -74,11 +75,29 @@ def test_fused_log_prob_and_gradients_equal_the_autograd_formulas(dim, norm, net
         assert torch.allclose(a, b, rtol=tol, atol=tol * float(b.abs().max() + 1)), (a - b).abs().max()
 
 
-def test_fused_gradients_pass_gradcheck_in_float64():
-    flow = make_flow(3, blocks=2, hidden=5, extra=Reverse())    # fused, a plain layer, fused again
+@pytest.mark.parametrize("norm", ["actnorm", "batchnorm"])
+def test_fused_gradients_pass_gradcheck_in_float64(norm):
+    flow = make_flow(3, blocks=2, hidden=5, norm=norm, extra=Reverse())    # fused, a plain layer, fused again
     x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     params = list(flow.parameters())
     assert torch.autograd.gradcheck(lambda v, *ps: flow.log_prob(v), (x, *params))
+
+
+def test_fused_batchnorm_updates_the_running_averages_once_and_uses_them_in_eval_mode():
+    flow = make_flow(3, blocks=3, hidden=8, norm="batchnorm")
+    twin = copy.deepcopy(flow)
+    x = 2 + torch.randn(40, 3, dtype=torch.float64)
+    flow.log_prob(x)                    # fused: batch statistics, one running-average update per forward
+    reference_log_prob(twin, x)         # the modules
+    for a, b in zip(flow.buffers(), twin.buffers(), strict=True):
+        assert torch.allclose(a, b, rtol=1e3 * EPS64, atol=1e3 * EPS64)
+    flow.eval()                         # running averages: constants, so no gradient through the statistics
+    lp, g = grads(flow, x, flow.log_prob)
+    lp_ref, g_ref = grads(flow, x, lambda v: reference_log_prob(flow, v))
+    tol = 1e3 * EPS64 * 8 * 3
+    assert torch.allclose(lp, lp_ref, rtol=tol, atol=tol * float(lp_ref.abs().max()))
+    for a, b in zip(g, g_ref, strict=True):
+        assert torch.allclose(a, b, rtol=tol, atol=tol * float(b.abs().max() + 1)), (a - b).abs().max()
 
 
 def test_float32_fused_path_agrees_with_autograd_within_rounding():

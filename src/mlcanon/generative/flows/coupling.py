@@ -150,9 +150,9 @@ def _fusable(layer, x: torch.Tensor) -> bool:
 
 def fused_vector_forward(layers, x: torch.Tensor):
     """(z, log|det|) of a stack of vector layers, each run of [AffineCoupling with an MLPNet, optionally followed
-    by an initialized ActNorm] going through :class:`_MLPCouplingBlocks` (one autograd node for the whole run);
-    other layers run as they are. The same values as running the layers one after the other."""
-    items, i, n = [], 0, len(layers)          # items: a layer, or a list of (coupling, actnorm | None) blocks
+    by an initialized ActNorm or a BatchNormFlow] going through :class:`_MLPCouplingBlocks` (one autograd node
+    for the whole run); other layers run as they are. The same values as running the layers one after the other."""
+    items, i, n = [], 0, len(layers)          # items: a layer, or a list of (coupling, norm | None) blocks
     while i < n:
         layer = layers[i]
         if not _fusable(layer, x):
@@ -160,7 +160,7 @@ def fused_vector_forward(layers, x: torch.Tensor):
             i += 1
             continue
         nxt = layers[i + 1] if i + 1 < n else None
-        norm = nxt if isinstance(nxt, ActNorm) and nxt.ready() else None
+        norm = nxt if (isinstance(nxt, ActNorm) and nxt.ready()) or isinstance(nxt, BatchNormFlow) else None
         if items and isinstance(items[-1], list):
             items[-1].append((layer, norm))
         else:
@@ -180,30 +180,38 @@ def _apply_blocks(blocks, x: torch.Tensor):
     layout, params = [], []
     for coupling, norm in blocks:
         weights = coupling.net.weights()
-        layout.append((coupling.mask.to(x.dtype), coupling.free.to(x.dtype), len(weights) // 2, norm is not None))
+        layout.append((coupling.mask.to(x.dtype), coupling.free.to(x.dtype), len(weights) // 2, norm))
         params += [coupling.scale_bound, *weights]
-        if norm is not None:
+        if isinstance(norm, ActNorm):
             params += [norm.loc, norm.log_scale]
+        elif norm is not None:
+            params += [norm.log_gamma, norm.beta]
     return _MLPCouplingBlocks.apply(x, tuple(layout), *params)
 
 
 class _MLPCouplingBlocks(torch.autograd.Function):
     """A run of blocks on vectors [B, D], each an :class:`AffineCoupling` with an :class:`MLPNet` conditioner,
-    optionally followed by an :class:`ActNorm`, as one autograd node with a hand-written backward: the same
+    optionally followed by an :class:`ActNorm` or a :class:`BatchNormFlow`, as one autograd node with a hand-written backward: the same
     values as the modules' autograd path in a handful of tensor ops per block (a toy flow's training step is
     per-op overhead more than arithmetic).
 
     Forward of one block (m the mask, f = 1 - m, c the scale bound, h_0 = m x, h_l = relu(h_{l-1} W_l^T + b_l)):
         [s_raw, t] = h_{L-1} W_L^T + b_L,  s = f c tanh(s_raw),  z = x e^s + f t,  ld = sum_j s_j   (eq. 6-9)
         ActNorm (Glow 3.1): y = (z - loc) e^{ls},  ld += sum_j ls_j
+        BatchNormFlow (RealNVP 3.7): r = (var + eps)^(-1/2), zh = (z - mu) r, y = zh e^{lg} + beta,
+            ld += sum_j [lg_j + log r_j]; mu, var: the batch's (training; running averages updated) or the running
     Backward of one block from dy = dL/dy and dld = dL/dld (chain rule), last block first:
         ActNorm: dz = dy e^{ls},  dloc = -sum_b dz,  dls = sum_b dy y + sum_b dld
+        BatchNormFlow: dbeta = sum_b dy,  dlg = e^{lg} sum_b dy zh + sum_b dld,  g = dy e^{lg};  with batch
+            statistics (Ioffe & Szegedy 2015, sec. 3; var's term in ld: dld/dz = -sum_b dld zh r / B)
+            dz = r (g - mean_b g - zh (mean_b g zh + sum_b dld / B)),  else dz = g r
         ds = dz x e^s + dld                          (dz_j/ds_j = x_j e^{s_j}, dld/ds_j = 1)
         dc = sum_b ds f tanh(s_raw),  ds_raw = ds f c (1 - tanh^2(s_raw)),  dt = dz f
         MLP (Rumelhart et al. 1986): dW_l = delta_l^T h_{l-1}, db_l = sum_b delta_l,
             delta_{l-1} = (delta_l W_l) 1[h_{l-1} > 0],  delta_L = [ds_raw, dt]
         dx = dz e^s + m (delta_1 W_1)                 (x enters z directly and through h_0 = m x)
-    ``layout``: per block (m, f, L, has ActNorm); ``params``: per block c, W_1, b_1, ..., W_L, b_L[, loc, ls].
+    ``layout``: per block (m, f, L, the norm module or None); ``params``: per block c, W_1, b_1, ..., W_L, b_L,
+    then loc, ls (ActNorm) or lg, beta (BatchNormFlow).
     First-order only (``once_differentiable``): the saved activations carry no graph for a second derivative.
     """
 
@@ -226,14 +234,24 @@ class _MLPCouplingBlocks(torch.autograd.Function):
             x = torch.addcmul(xe, t, free)                           # z = x e^s + (1 - m) t   (eq. 9)
             ld = s.sum(1) if ld is None else ld.add_(s.sum(1))       # log|det| += sum (1 - m) s   (eq. 6)
             k += 1 + 2 * L
-            e = None
-            if norm:
+            normed = None
+            if isinstance(norm, ActNorm):
                 loc, log_scale = params[k], params[k + 1]
                 e = torch.exp(log_scale)
                 x = (x - loc) * e                                    # y = (z - loc) e^{ls}
                 ld.add_(log_scale.sum())                             # log|det| += sum ls
-                k += 2
-            acts.append((hs, th, fc, es, xe, e))
+                normed = (e,)
+            elif norm is not None:
+                log_gamma, beta = params[k], params[k + 1]
+                mean, var = norm._stats(x)                           # batch's (and running update) or running
+                r = torch.rsqrt(var + norm.eps)
+                zh = (x - mean) * r                                  # (z - mu) / sqrt(var + eps)
+                e = torch.exp(log_gamma)
+                x = torch.addcmul(beta, zh, e)                       # y = zh e^{lg} + beta
+                ld.add_(log_gamma.sum() + r.log().sum())             # log|det| += sum [lg - 1/2 log(var + eps)]
+                normed = (e, zh, r, norm.training)
+            k += 0 if norm is None else 2
+            acts.append((hs, th, fc, es, xe, normed))
             xs.append(x)
         ctx.save_for_backward(*params)
         ctx.layout, ctx.acts, ctx.xs = layout, acts, xs              # intermediates (not inputs) kept on ctx
@@ -247,17 +265,26 @@ class _MLPCouplingBlocks(torch.autograd.Function):
         ends, k = [], 0
         for _, _, L, norm in layout:                                 # where each block's parameters start
             ends.append(k)
-            k += 1 + 2 * L + (2 if norm else 0)
+            k += 1 + 2 * L + (0 if norm is None else 2)
         dld_col, dld_sum = dld.unsqueeze(1), dld.sum()
         for j in range(len(layout) - 1, -1, -1):
             mask, free, L, norm = layout[j]
-            hs, th, fc, es, xe, e = acts[j]
+            hs, th, fc, es, xe, normed = acts[j]
             k = ends[j]
             weights = params[k + 1:k + 1 + 2 * L]
-            if norm:
-                dz = dy * e                                          # dz = dy e^{ls}
+            if isinstance(norm, ActNorm):
+                dz = dy * normed[0]                                  # dz = dy e^{ls}
                 grads[k + 1 + 2 * L] = dz.sum(0).neg_()              # dloc = -sum_b dz
                 grads[k + 2 + 2 * L] = (dy * xs[j + 1]).sum(0).add_(dld_sum)   # dls = sum_b dy y + sum_b dld
+            elif norm is not None:
+                e, zh, r, training = normed
+                grads[k + 2 + 2 * L] = dy.sum(0)                     # dbeta = sum_b dy
+                grads[k + 1 + 2 * L] = (dy * zh).sum(0).mul_(e).add_(dld_sum)   # dlg = e^lg sum dy zh + sum dld
+                g = dy * e
+                if training:   # dz = r (g - mean g - zh (mean g zh + sum dld / B)): mu, var depend on z
+                    dz = (g - g.mean(0) - zh * ((g * zh).mean(0) + dld_sum / len(g))) * r
+                else:
+                    dz = g * r
             else:
                 dz = dy
             ds = torch.addcmul(dld_col, dz, xe)                      # ds = dz x e^s + dld
