@@ -10,6 +10,9 @@ with the scale bounded, s = c tanh(s_raw) with a learned per-channel c (RealNVP 
 scale), so one step cannot blow up. Masks: :func:`checkerboard_mask` (spatial parity) and
 :func:`channel_mask` (first / second half of the channels), :func:`alternating_mask` for vectors.
 :class:`MultiScale` factors out half of the dimensions after each level (RealNVP 3.6, Glow figure 2).
+On vectors, an affine coupling with an :class:`MLPNet` (and the ActNorm or BatchNormFlow after it) runs as one
+autograd node with a hand-written backward (:func:`fused_vector_forward`, taken by ``Flow.forward``): the same
+values as the modules, several times fewer tensor ops per training step.
 """
 
 from __future__ import annotations
