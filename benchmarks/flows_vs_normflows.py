@@ -18,9 +18,10 @@ first batch is a one-off set-up cost, reported in its own column. Reported: step
 L levels of K steps (ActNorm, LU-decomposed invertible 1x1 convolution, affine coupling on the channel halves
 with a conv 3x3 - ReLU - conv 1x1 - ReLU - conv 3x3 net of ``--hidden`` channels), half of the channels factored
 out after each level but the last. mlcanon: ``glow.build`` (``mlcanon train glow --levels L --steps K --hidden
-H``; coupling net input: the masked C channels, output 2C; learned conditional prior of the factored half);
-normflows: ``GlowBlock`` + ``MultiscaleFlow`` as its examples/glow.ipynb (net input C/2, output C; sigmoid
-scale; a learned diagonal Gaussian per level). Same dequantized batches; reported: steps/s and test bits/dim
+H``; coupling net input: the kept C/2 channels, output C as Glow 3.3, ``--coupling masked``: the older
+channel-mask coupling, net input the masked C channels, output 2C; tanh-bounded scale; learned conditional
+prior of the factored half); normflows: ``GlowBlock`` + ``MultiscaleFlow`` as its examples/glow.ipynb (net
+input C/2, output C; sigmoid scale; a learned diagonal Gaussian per level). Same dequantized batches; reported: steps/s and test bits/dim
 (NLL + D ln 256) / (D ln 2) on the first ``--test-images`` test digits (dequantized once, seeded).
 
     OMP_NUM_THREADS=1 python benchmarks/flows_vs_normflows.py --model glow --steps 200 --batch-size 32
@@ -59,9 +60,9 @@ def theirs(K: int, hidden: int):
     return nf.NormalizingFlow(nf.distributions.base.DiagGaussian(2, trainable=False), flows)
 
 
-def ours_glow(levels: int, steps: int, hidden: int) -> Flow:
-    """The model of ``mlcanon train glow --dataset mnist --levels L --steps K --hidden H``."""
-    config = glow.GlowConfig(dataset="mnist", levels=levels, steps=steps, hidden=hidden)
+def ours_glow(levels: int, steps: int, hidden: int, coupling: str = "half") -> Flow:
+    """The model of ``mlcanon train glow --dataset mnist --levels L --steps K --hidden H --coupling C``."""
+    config = glow.GlowConfig(dataset="mnist", levels=levels, steps=steps, hidden=hidden, coupling=coupling)
     return glow.build(config, (1, 28, 28), True)
 
 
@@ -97,7 +98,7 @@ def toy_setup(args):
 def glow_setup(args):
     train = load("mnist", "train").x
     test = load("mnist", "test").x[:args.test_images]
-    models = {"mlcanon": ours_glow(args.levels, args.flow_steps, args.hidden),
+    models = {"mlcanon": ours_glow(args.levels, args.flow_steps, args.hidden, args.coupling),
               "normflows": theirs_glow(args.levels, args.flow_steps, args.hidden)}
     nll = {"mlcanon": lambda m, x: m.loss({"x": x})["loss"], "normflows": lambda m, x: m.forward_kld(x)}
     log_prob = {"mlcanon": lambda m, x: m.log_prob(x), "normflows": lambda m, x: m.log_prob(x, None)}
@@ -117,6 +118,8 @@ def main() -> None:
     ap.add_argument("--levels", type=int, default=2, help="glow: levels L")
     ap.add_argument("--flow-steps", type=int, default=4, help="glow: steps K per level")
     ap.add_argument("--hidden", type=int, default=64, help="glow: hidden channels of each coupling's net")
+    ap.add_argument("--coupling", choices=("half", "masked"), default="half",
+                    help="glow: mlcanon's coupling (half: Glow's, the default of mlcanon train glow)")
     ap.add_argument("--test-images", type=int, default=1000, help="glow: test digits scored")
     ap.add_argument("--batch-size", type=int, default=None, help="default: 256 (realnvp), 32 (glow)")
     ap.add_argument("--lr", type=float, default=1e-3)

@@ -22,16 +22,21 @@ _MISSING = dataclasses.MISSING
 
 
 def option(default: Any = _MISSING, help: str = "", *, choices: tuple | None = None, min: float | None = None,
-           max: float | None = None, default_factory: Any = _MISSING, ref: str | None = None) -> Any:
+           max: float | None = None, default_factory: Any = _MISSING, ref: str | None = None,
+           absent: Any = _MISSING) -> Any:
     """A config field with its help text (the field's docstring), allowed choices and numeric bounds.
 
     ``ref="run"`` marks a field naming another run folder (a frozen autoencoder, a noisy classifier) and
     ``ref="file"`` one naming a file (a trajectory file): validated when the config is built, and the sha256 of
     the file (for a run: its best, else last, checkpoint) is recorded in config.json under "references".
+    ``absent``: the value a run's config.json written before the field existed means (what those runs did),
+    when it differs from the default of new runs (:func:`from_dict`; a ``--config`` file gets the default).
     """
     if ref not in (None, "run", "file"):
         raise ValueError(f"option(ref={ref!r}): use 'run' or 'file'")
     meta = {"help": help, "choices": choices, "min": min, "max": max, "ref": ref}
+    if absent is not _MISSING:
+        meta["absent"] = absent
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -159,8 +164,11 @@ def to_dict(config) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Any:
-    """Build a config from a dict (config.json / a --config file); unknown keys are a UserError."""
+def from_dict(cls, data: dict[str, Any], *, source: str = "config", stored: bool = True) -> Any:
+    """Build a config from a dict (config.json / a --config file); unknown keys are a UserError.
+
+    ``stored``: ``data`` is a run's config.json, so a field it lacks that declares ``option(absent=...)`` takes
+    that value (the run was written before the field existed); otherwise (a --config file) the default."""
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -173,6 +181,10 @@ def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Any:
         if isinstance(v, list) and typing.get_origin(inner) is tuple:
             v = tuple(v)
         kwargs[k] = v
+    if stored:
+        for f in fields(cls):
+            if f.name not in kwargs and "absent" in f.metadata:
+                kwargs[f.name] = f.metadata["absent"]
     config = cls(**kwargs)
     validate(config)
     return config
@@ -196,7 +208,7 @@ def load_file(cls, path: str | Path) -> Any:
         raise UserError(f"--config {path}: cannot parse ({e})") from None
     data = {k.replace("-", "_"): v for k, v in data.items()}
     data.pop("algorithm", None)
-    return from_dict(cls, data, source=f"--config {path}")
+    return from_dict(cls, data, source=f"--config {path}", stored=False)
 
 
 def replace(config, **changes):

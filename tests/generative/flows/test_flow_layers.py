@@ -17,6 +17,7 @@ from mlcanon.generative.flows.coupling import (
     AdditiveCoupling,
     AffineCoupling,
     ConvNet,
+    HalfAffineCoupling,
     MLPNet,
     alternating_mask,
     channel_mask,
@@ -89,6 +90,7 @@ CASES = {
                               lambda g: torch.randn(2, 1, 4, 4, generator=g)),
     "channel-coupling": (lambda: perturb(AffineCoupling(channel_mask(4, 1), ConvNet(4, 4, 2), 4)),
                          lambda g: torch.randn(2, 4, 2, 2, generator=g)),
+    "half-coupling": (lambda: perturb(HalfAffineCoupling(4, 4)), lambda g: torch.randn(2, 4, 2, 2, generator=g)),
     "maf": (lambda: perturb(MAFLayer(4, 8)), lambda g: torch.randn(3, 4, generator=g)),
     "iaf": (lambda: perturb(IAFLayer(4, 8, order="reverse")), lambda g: torch.randn(3, 4, generator=g)),
 }
@@ -275,7 +277,7 @@ def test_per_example_logdet_is_one_value_per_example():
 @settings(max_examples=8, deadline=None)
 @given(c=st.sampled_from([2, 4]), h=st.sampled_from([2, 4]), w=st.sampled_from([2, 4]), batch=st.integers(1, 3),
        seed=st.integers(0, 10_000),
-       kind=st.sampled_from(["squeeze", "checkerboard", "channel", "actnorm", "conv1x1-lu", "bn"]))
+       kind=st.sampled_from(["squeeze", "checkerboard", "channel", "half", "actnorm", "conv1x1-lu", "bn"]))
 def test_image_layers_property(c, h, w, batch, seed, kind):
     torch.manual_seed(seed)
     x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(seed))
@@ -285,6 +287,8 @@ def test_image_layers_property(c, h, w, batch, seed, kind):
         layer = perturb(AffineCoupling(checkerboard_mask(h, w, seed % 2), ConvNet(c, 4, 2), c), 0.3, seed)
     elif kind == "channel":
         layer = perturb(AffineCoupling(channel_mask(c, seed % 2), ConvNet(c, 4, 2), c), 0.3, seed)
+    elif kind == "half":
+        layer = perturb(HalfAffineCoupling(c, 4), 0.3, seed)
     elif kind == "actnorm":
         layer = L.ActNorm(c)
         layer(torch.randn(4, c, h, w) * 2 + 1)
@@ -296,3 +300,37 @@ def test_image_layers_property(c, h, w, batch, seed, kind):
         layer(torch.randn(8, c, h, w) * 3)
         layer = perturb(layer, 0.3, seed).eval()
     check_bijection(layer, x, tol_scale=10.0)
+
+
+def test_half_coupling_is_the_channel_mask_coupling_with_the_masked_inputs_dropped():
+    """Glow 3.3 (net on x_a, (s, t) for x_b only) = RealNVP's channel-mask coupling (net on m x, (s, t) on all C
+    channels, zeroed on the kept half) when the masked net's weights on x_a and its outputs for x_b are the half
+    net's: the same map and log-det, and x_a passes through bitwise."""
+    C, h = 4, 6
+    torch.manual_seed(0)
+    masked = perturb(AffineCoupling(channel_mask(C), ConvNet(C, h, 2), C)).double()
+    half = HalfAffineCoupling(C, h).double()
+    a, b = masked.net.net, half.net.net
+    free = list(range(C // 2, C)) + list(range(C + C // 2, 2 * C))    # outputs s_b and t_b of the masked net
+    with torch.no_grad():
+        b[0].weight.copy_(a[0].weight[:, :C // 2])
+        b[0].bias.copy_(a[0].bias)
+        b[2].load_state_dict(a[2].state_dict())
+        b[4].weight.copy_(a[4].weight[free])
+        b[4].bias.copy_(a[4].bias[free])
+        half.scale_bound.copy_(masked.scale_bound[C // 2:])
+    x = torch.randn(3, C, 5, 5, dtype=torch.float64)
+    (z1, ld1), (z2, ld2) = masked(x), half(x)
+    tol = 1e3 * EPS64 * x[0].numel()
+    assert torch.allclose(z1, z2, atol=tol) and torch.allclose(ld1, ld2, atol=tol)
+    assert torch.equal(z2[:, :C // 2], x[:, :C // 2])
+    assert not torch.allclose(z2[:, C // 2:], x[:, C // 2:])
+    assert sum(p.numel() for p in half.net.parameters()) < sum(p.numel() for p in masked.net.parameters())
+
+
+def test_half_coupling_scale_is_bounded():
+    layer = HalfAffineCoupling(2, 4)
+    with torch.no_grad():
+        layer.net.net[-1].bias.fill_(100.0)                 # huge raw log-scale
+    _, ld = layer(torch.randn(3, 2, 3, 3))
+    assert torch.all(ld <= 9 * (1.0 + 1e-6))                # |s| <= c = 1 on each of the 1 x 3 x 3 free values

@@ -40,6 +40,7 @@ IMAGE = {
     "realnvp": (realnvp.build, realnvp.RealNVPConfig(dataset="mnist", hidden=4, levels=2)),
     "realnvp-actnorm": (realnvp.build, realnvp.RealNVPConfig(dataset="mnist", hidden=4, levels=2, norm="actnorm")),
     "glow": (glow.build, glow.GlowConfig(dataset="mnist", hidden=4, levels=2, steps=1)),
+    "glow-masked": (glow.build, glow.GlowConfig(dataset="mnist", hidden=4, levels=2, steps=1, coupling="masked")),
     "glow-plain": (glow.build, glow.GlowConfig(dataset="mnist", hidden=4, levels=2, steps=1, lu=False)),
     "glow-no-prior": (glow.build, glow.GlowConfig(dataset="mnist", hidden=4, levels=2, steps=1, learned_prior=False)),
     "maf": (maf.build, maf.MAFConfig(dataset="mnist", layers=2, hidden=20)),

@@ -3,16 +3,20 @@ eval / sample repeating the training run's figures, and the user errors."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
+from mlcanon import config as cfg
 from mlcanon.config import from_dict, validate
 from mlcanon.data import toy2d
 from mlcanon.errors import UserError
 from mlcanon.generative.flows import glow, planar, realnvp
 from mlcanon.generative.flows.common import FlowEvalOptions, FlowSampleOptions, evaluate_flow, sample_flow
+from mlcanon.generative.flows.coupling import AffineCoupling, HalfAffineCoupling
+from mlcanon.registry import algorithm_of_run
 
 
 def test_realnvp_learns_8gaussians():
@@ -91,3 +95,26 @@ def test_glow_on_mnist_reports_bits_per_dim_and_draws(tmp_path, real_data):
     assert ev1["test/bits_per_dim"] != ev["test/bits_per_dim"]                                  # another u
     sample_flow(run, 4, tmp_path / "g.png", FlowSampleOptions(interpolate=True))
     assert (tmp_path / "g-interp.png").is_file()
+
+
+def test_glow_run_folders_written_before_the_coupling_option_rebuild_the_masked_architecture(tmp_path):
+    """config.json of an old Glow run has no "coupling" field: it reads as "masked" (the channel-mask coupling
+    whose net sees all C channels), so the old weights load; new runs and --config files default to "half"."""
+    old = cfg.to_dict(glow.GlowConfig(dataset="mnist", levels=2, steps=1, hidden=4, coupling="masked"))
+    del old["coupling"]
+    (tmp_path / "config.json").write_text(json.dumps({"algorithm": "glow", "config": old}))
+    _, config = algorithm_of_run(tmp_path)
+    assert config.coupling == "masked" and glow.GlowConfig().coupling == "half"
+    torch.manual_seed(0)
+    weights = glow.build(glow.GlowConfig(dataset="mnist", levels=2, steps=1, hidden=4, coupling="masked"),
+                         (1, 28, 28), True).state_dict()
+    rebuilt = glow.build(config, (1, 28, 28), True)
+    rebuilt.load_state_dict(weights)                                   # strict: same names and shapes
+    couplings = [m for m in rebuilt.modules() if isinstance(m, (AffineCoupling, HalfAffineCoupling))]
+    assert couplings and all(isinstance(m, AffineCoupling) for m in couplings)
+    assert [m.net.net[0].in_channels for m in couplings] == [4, 8]    # all C channels (masked) in
+    with pytest.raises(RuntimeError):                                  # the new architecture has other shapes
+        glow.build(glow.GlowConfig(dataset="mnist", levels=2, steps=1, hidden=4), (1, 28, 28), True) \
+            .load_state_dict(weights)
+    (tmp_path / "file.json").write_text(json.dumps({"dataset": "mnist", "hidden": 4}))
+    assert cfg.load_file(glow.GlowConfig, tmp_path / "file.json").coupling == "half"   # a --config file: default

@@ -1,7 +1,8 @@
 """Glow: generative flow with invertible 1x1 convolutions (Kingma & Dhariwal 2018): ``mlcanon train glow``.
 
 One step of flow (section 3, table 1): ActNorm -> invertible 1x1 convolution (plain or LU-decomposed,
-eq. 10) -> affine coupling on the channel halves. Images: L levels (figure 2), each a squeeze, K steps, and
+eq. 10) -> affine coupling on the channel halves (images: the net sees the kept half, section 3.3,
+``--coupling half``; run folders written before that option have the channel-mask coupling, ``masked``). Images: L levels (figure 2), each a squeeze, K steps, and
 (but the last) half of the channels factored out, with the paper's learned prior N(mu(h), sigma(h)) of the
 factored-out half given the kept half h (``--learned-prior``; off: N(0, I) as RealNVP). Sampling at temperature
 T: x = f^{-1}(T eps) (section 5). Toy 2-D data: K
@@ -32,6 +33,7 @@ from mlcanon.generative.flows.common import (
 )
 from mlcanon.generative.flows.coupling import (
     AffineCoupling,
+    HalfAffineCoupling,
     MLPNet,
     MultiScale,
     alternating_mask,
@@ -52,6 +54,10 @@ class GlowConfig(FlowConfig):
     levels: int = option(2, "images: number L of levels (each squeezes; all but the last factor out half)", min=1)
     steps: int = option(8, "number K of flow steps per level (toys: in total)", min=1)
     hidden: int = option(128, "hidden channels (images) or units (toys) of each coupling's network", min=1)
+    coupling: str = option("half", "images: 'half': each coupling's net sees the kept C/2 channels and outputs "
+                                   "(s, t) for the other C/2 (Glow 3.3); 'masked': a channel-mask coupling whose "
+                                   "net sees all C (masked) and outputs 2C (runs written before this option)",
+                           choices=("half", "masked"), absent="masked")
     lu: bool = option(True, "LU-decomposed 1x1 convolution (Glow eq. 10); false: a plain matrix with slogdet")
     learned_prior: bool = option(True, "images: each factored-out half ~ N(mu(h), sigma(h)) given the kept half h "
                                        "(a zero-initialized 3x3 conv, as Glow); false: N(0, I)")
@@ -65,8 +71,10 @@ class GlowConfig(FlowConfig):
                 raise UserError(f"--levels {self.levels}: {H}x{W} images cannot be squeezed {self.levels} times")
 
 
-def flow_step(channels: int, hidden: int, lu: bool, shape) -> list:
+def flow_step(channels: int, hidden: int, lu: bool, shape, coupling: str = "half") -> list:
     """ActNorm -> invertible 1x1 conv -> affine coupling (Glow table 1)."""
+    if len(shape) == 3 and coupling == "half":
+        return [ActNorm(channels), InvConv1x1(channels, lu=lu), HalfAffineCoupling(channels, hidden)]
     mask = channel_mask(channels) if len(shape) == 3 else alternating_mask(channels)
     return [ActNorm(channels), InvConv1x1(channels, lu=lu),
             AffineCoupling(mask, conditioner(shape, hidden, 2), channels)]
@@ -86,7 +94,7 @@ def build(config: GlowConfig, shape, image: bool) -> Flow:
         C, H, W = 4 * C, H // 2, W // 2                   # squeeze
         steps = [Squeeze()]
         for _ in range(config.steps):
-            steps += flow_step(C, config.hidden, config.lu, (C, H, W))
+            steps += flow_step(C, config.hidden, config.lu, (C, H, W), config.coupling)
         levels.append(FlowSequence(steps))
         if level < config.levels - 1:
             C //= 2                                       # split: half the channels go to the base
