@@ -331,6 +331,13 @@ class RLSampleOptions(SampleOptions):
     episodes: int = option(0, "episodes to roll out (0: -n)", min=0)
     epsilon: float = option(0.0, "probability of a uniformly random action at each step (mixed-quality data)",
                             min=0.0, max=1.0)
+    epsilon_max: float | None = option(None, "each episode draws its own epsilon uniformly in [--epsilon, "
+                                             "--epsilon-max]: data of graded quality", min=0.0, max=1.0)
+
+    def check(self) -> None:
+        if self.epsilon_max is not None and self.epsilon_max < self.epsilon:
+            raise UserError(f"--epsilon-max {self.epsilon_max} is below --epsilon {self.epsilon}; give "
+                            "--epsilon-max >= --epsilon (or drop it for one epsilon)")
     stochastic: bool = option(False, "sample actions from the policy instead of the greedy action")
 
 
@@ -350,20 +357,25 @@ def evaluate_run(run_dir: Path, options: RLEvalOptions | None = None) -> dict:
                        "episodes)"}
 
 
-def rollouts(agent: Agent, episodes: int, seed: int, epsilon: float = 0.0, deterministic: bool = True) -> dict:
-    """Trajectories of ``episodes`` episodes, with probability ``epsilon`` of a uniform random action per step.
+def rollouts(agent: Agent, episodes: int, seed: int, epsilon: float = 0.0, deterministic: bool = True,
+             epsilon_max: float | None = None) -> dict:
+    """Trajectories of ``episodes`` episodes, with probability ``epsilon`` of a uniform random action per step, or,
+    with ``epsilon_max``, episode j's own probability epsilon_j ~ U[epsilon, epsilon_max] (graded quality).
 
     Returns flat arrays over all steps (obs, actions, rewards, terminated, truncated, episode) and per-episode
-    ``returns`` / ``lengths``; episode j's steps are ``episode == j``, in time order.
+    ``returns`` / ``lengths`` / ``epsilon``; episode j's steps are ``episode == j``, in time order.
     """
     rng = np.random.default_rng(seed)
     space = agent.action_space
     space.seed(seed)                     # Box random actions come from the space's own generator
+    hi = epsilon if epsilon_max is None else epsilon_max
+    eps = np.random.default_rng([seed, 1]).uniform(epsilon, hi, episodes) if hi > epsilon else np.full(episodes,
+                                                                                                         epsilon)
 
-    def pol(o):
+    def pol(o, ids):
         a = agent.act(o, deterministic)
-        if epsilon > 0:
-            rand = rng.random(len(o)) < epsilon
+        if hi > 0:
+            rand = rng.random(len(o)) < eps[ids]
             if rand.any():
                 r = np.stack([space.sample() for _ in range(int(rand.sum()))]) if not isinstance(
                     space, gym.spaces.Discrete) else rng.integers(0, space.n, int(rand.sum()))
@@ -373,10 +385,10 @@ def rollouts(agent: Agent, episodes: int, seed: int, epsilon: float = 0.0, deter
 
     trajs: list[dict] = []
     returns, lengths = evaluate_episodes(pol, agent.env_id, episodes, seed, agent.config.max_episode_steps or None,
-                                         record=trajs)
+                                         record=trajs, with_ids=True)
     cat = {k: np.concatenate([t[k] for t in trajs]) for k in trajs[0] if k != "final_obs"}
     cat["episode"] = np.concatenate([np.full(len(t["rewards"]), j) for j, t in enumerate(trajs)])
-    return {**cat, "returns": returns, "lengths": lengths}
+    return {**cat, "returns": returns, "lengths": lengths, "epsilon": eps}
 
 
 def sample_run(run_dir: Path, n: int = 10, out: Path | None = None, options: RLSampleOptions | None = None) -> Path:
@@ -389,7 +401,7 @@ def sample_run(run_dir: Path, n: int = 10, out: Path | None = None, options: RLS
     if out.suffix == ".gif":
         return _gif(run_dir, out, options)
     agent = Agent.load(run_dir)
-    data = rollouts(agent, episodes, options.seed, options.epsilon, not options.stochastic)
+    data = rollouts(agent, episodes, options.seed, options.epsilon, not options.stochastic, options.epsilon_max)
     npz = out if out.suffix == ".npz" else out.with_name("trajectories.npz")
     np.savez_compressed(npz, **data, env=np.array(agent.env_id))
     if out.suffix == ".npz":
@@ -403,7 +415,8 @@ def sample_run(run_dir: Path, n: int = 10, out: Path | None = None, options: RLS
     ax.axhline(float(m), color="k", lw=1, label=f"mean {float(m):.1f} +/- {float(h):.1f} (95%)")
     ax.set_xlabel("episode")
     ax.set_ylabel("return")
-    ax.set_title(f"{agent.name} on {agent.env_id} (epsilon {options.epsilon})")
+    eps = f"{options.epsilon}" if options.epsilon_max is None else f"{options.epsilon}-{options.epsilon_max}"
+    ax.set_title(f"{agent.name} on {agent.env_id} (epsilon {eps})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=90)

@@ -172,9 +172,11 @@ class VecEnv:
 # ----------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_episodes(policy, env_id: str, episodes: int, seed: int, max_episode_steps: int | None = None,
-                      batch: int = 32, record: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      batch: int = 32, record: list | None = None,
+                      with_ids: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(returns [episodes], lengths [episodes]) of ``policy(obs [n, ...] float32) -> actions [n, ...]``,
     run on up to ``batch`` envs at once; episode j is seeded by (seed, j), so the result repeats exactly.
+    ``with_ids``: the policy is called as ``policy(obs, episode_ids [n])`` (per-episode behaviour).
 
     With a list ``record``, one dict per episode (in episode order) of its ``obs``, ``actions``, ``rewards``,
     ``terminated`` and ``truncated`` arrays (one row per step) and ``final_obs`` (the observation after the last
@@ -193,7 +195,8 @@ def evaluate_episodes(policy, env_id: str, episodes: int, seed: int, max_episode
                                        for _ in ids]
         alive = list(range(len(ids)))
         while alive:
-            acts = np.asarray(policy(np.stack([obs[k] for k in alive])))
+            batch_obs = np.stack([obs[k] for k in alive])
+            acts = np.asarray(policy(batch_obs, np.array([ids[k] for k in alive])) if with_ids else policy(batch_obs))
             still = []
             for a, k in zip(acts, alive):
                 o, r, te, tr, _ = envs[k].step(a)      # a numpy integer as is (see VecEnv.step)

@@ -173,3 +173,23 @@ def test_evaluation_keys_never_repeat_within_a_run(monkeypatch):
                     minibatch_size=64, eval_every=200, eval_episodes=1, max_episode_steps=20, hidden=(4,))
     PPO("CartPole-v1", cfg).learn()
     assert keys == [1, 2, 3, 4]
+
+
+def test_rollouts_draw_one_epsilon_per_episode():
+    """`mlcanon sample --epsilon A --epsilon-max B`: episode j takes a uniformly random action with probability
+    eps_j ~ U[A, B] at each step. With 2 actions a random action differs from the greedy one with probability 1/2, so
+    the expected number of non-greedy steps is sum_j eps_j len_j / 2 (checked to 4 binomial standard deviations)."""
+    from mlcanon.rl.agent import RLSampleOptions, rollouts
+    agent = PPO("CartPole-v1", quiet(PPOConfig, hidden=(8,)))
+    d = rollouts(agent, 40, seed=3, epsilon=0.1, deterministic=True, epsilon_max=0.9)
+    eps = d["epsilon"]
+    assert eps.shape == (40,) and eps.min() >= 0.1 and eps.max() <= 0.9 and eps.std() > 0.1
+    greedy = agent.act(d["obs"], deterministic=True)
+    p = eps[d["episode"]] / 2                                            # P(action != greedy) at each step
+    off = (d["actions"] != greedy).sum()
+    assert abs(off - p.sum()) <= 4 * np.sqrt((p * (1 - p)).sum())
+    plain = rollouts(agent, 5, seed=3)                                   # epsilon 0: the greedy policy itself
+    assert np.array_equal(plain["actions"], agent.act(plain["obs"], deterministic=True))
+    assert np.all(plain["epsilon"] == 0)
+    with pytest.raises(UserError, match="--epsilon-max"):
+        RLSampleOptions(epsilon=0.5, epsilon_max=0.2).check()
