@@ -10,7 +10,9 @@
   the loss is the cross-entropy of the data's actions (paper sec. 3, discrete actions).
 - At evaluation the model is conditioned on a target return R_0 = target and R_{t+1} = R_t - r_{t+1}
   (paper Algorithm 1); evaluated at several targets (``--target-returns``), the achieved return should follow
-  the target up to what the data supports.
+  the target up to what the data supports. Actions are drawn from the predicted softmax, as the paper's Atari
+  evaluation does (``--sample-actions false``: the greedy argmax, which reproduces the data's majority action
+  whatever the target when low returns come from random actions mixed into one policy's).
 
 Without ``--dataset`` on CartPole-v1 the data are mixed-quality episodes of a scripted balancing controller
 with per-episode action noise epsilon in [0, 0.8] (so the defaults work out of the box); the file named by
@@ -68,6 +70,9 @@ class DTConfig(TrainConfig):
     target_returns: tuple[float, ...] = option((500.0, 300.0, 100.0), "returns to condition on at evaluation")
     eval_episodes: int = option(10, "episodes per target return", min=1)
     max_episode_steps: int = option(0, "episode time limit at evaluation (0: the env's own)", min=0)
+    sample_actions: bool = option(True, "at evaluation draw a_t from the predicted softmax, as the paper's Atari "
+                                        "evaluation (false: the greedy argmax, which ignores a low target when the "
+                                        "data's actions are noisy versions of one policy's)", absent=False)
 
     def check(self) -> None:
         super().check()
@@ -227,9 +232,11 @@ class DecisionTransformer(nn.Module):
 
 @torch.inference_mode()
 def rollout(model: DecisionTransformer, env_id: str, targets: float | Sequence[float], episodes: int, seed: int,
-            max_episode_steps: int | None = None) -> np.ndarray:
-    """Returns of ``episodes`` greedy episodes conditioned on each target return (paper Algorithm 1):
-    [len(targets), episodes], or [episodes] for one float ``target``.
+            max_episode_steps: int | None = None, sample: bool = False) -> np.ndarray:
+    """Returns of ``episodes`` episodes conditioned on each target return (paper Algorithm 1):
+    [len(targets), episodes], or [episodes] for one float ``target``. Actions are the greedy argmax, or with
+    ``sample`` drawn from the predicted softmax, as the paper's discrete-action (Atari) evaluation does; draws come
+    from a generator seeded by ``seed``, so the returns repeat exactly.
 
     All targets' episodes run together, one forward per env step over the live episodes' last K steps (the
     newest s_t token only). Episode j starts from reset seed ``seed * 1_000_003 + j`` whatever the target, so
@@ -250,6 +257,7 @@ def rollout(model: DecisionTransformer, env_id: str, targets: float | Sequence[f
     R_left = np.repeat(targets, episodes)                             # R_0 = target
     returns = np.zeros(N)
     live = np.arange(N)
+    gen = torch.Generator().manual_seed(seed)
     t = 0
     while len(live):
         if t == hist_R.shape[1]:                                      # an env without a time limit: grow
@@ -262,7 +270,10 @@ def rollout(model: DecisionTransformer, env_id: str, targets: float | Sequence[f
         lo = max(0, t + 1 - K)                                        # the last K steps: lo .. t
         logits = model(hist_R[rows, lo:t + 1], hist_s[rows, lo:t + 1], hist_a[rows, lo:t + 1],
                        hist_t[rows, lo:t + 1], last_only=True)[:, 0]
-        act = logits.argmax(-1)                                       # greedy a_t
+        if sample:                                                    # a_t ~ softmax(logits)
+            act = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=gen)[:, 0]
+        else:
+            act = logits.argmax(-1)                                   # greedy a_t
         hist_a[rows, t] = act
         still = []
         for n, a in zip(live, act.tolist()):
@@ -318,7 +329,7 @@ def train(config: DTConfig, run: Run | None = None) -> dict:
     if run.dist.is_main:
         load_weights(model, run.dir, "best")
         all_rets = rollout(model, config.env, config.target_returns, config.eval_episodes, config.seed,
-                             config.max_episode_steps or None)
+                             config.max_episode_steps or None, config.sample_actions)
         for target, rets in zip(config.target_returns, all_rets):
             result[f"return_at_{target:g}"] = float(rets.mean())
             metrics[f"eval/return_at_{target:g}"] = float(rets.mean())
@@ -355,7 +366,8 @@ def evaluate(run_dir: Path, options: DTEvalOptions | None = None) -> dict:
     model = load_model(run_dir, config)
     out = {}
     targets = options.target_returns or config.target_returns
-    all_rets = rollout(model, config.env, targets, options.episodes, options.seed, config.max_episode_steps or None)
+    all_rets = rollout(model, config.env, targets, options.episodes, options.seed, config.max_episode_steps or None,
+                       config.sample_actions)
     for target, rets in zip(targets, all_rets):
         m, h = mean_ci95(rets)
         out[f"eval/return_at_{target:g}"] = float(m)
@@ -378,7 +390,7 @@ def sample(run_dir: Path, n: int = 10, out: Path | None = None, options: DTSampl
     model = load_model(run_dir, config)
     targets = np.linspace(0.0, max(config.target_returns), options.targets)
     stats = [mean_ci95(r) for r in rollout(model, config.env, targets, n, options.seed,
-                                           config.max_episode_steps or None)]
+                                           config.max_episode_steps or None, config.sample_actions)]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

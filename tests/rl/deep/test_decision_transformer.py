@@ -145,3 +145,24 @@ def test_rollout_batched_over_targets_and_episodes_equals_one_episode_at_a_time(
     # 60), the window of K = 4 slides, and the target changes the actions
     assert len(np.unique(want)) > 3 and want.max() == 60 and want.min() > 4 and not np.array_equal(*want)
     assert np.array_equal(rollout(m, "CartPole-v1", 5.0, episodes, seed, max_episode_steps=60), want[1])
+
+
+def test_sampled_actions_follow_the_softmax_and_repeat_with_the_seed():
+    """sample_actions (the paper's Atari evaluation draws a_t ~ softmax): with a zero head the softmax is uniform, so
+    the sampled episodes are a random policy's (CartPole mean ~22 steps), while the greedy argmax of the tie always
+    pushes left (episodes end within ~10 steps)."""
+    m = _tiny_model(seed=1).eval()
+    with torch.no_grad():
+        m.head.weight.zero_()
+        m.head.bias.zero_()
+    greedy = rollout(m, "CartPole-v1", 50.0, 20, seed=2, max_episode_steps=200)
+    sampled = rollout(m, "CartPole-v1", 50.0, 20, seed=2, max_episode_steps=200, sample=True)
+    assert greedy.max() <= 12 and sampled.mean() > 15 and sampled.max() > 25
+    assert np.array_equal(sampled, rollout(m, "CartPole-v1", 50.0, 20, seed=2, max_episode_steps=200, sample=True))
+
+
+def test_runs_written_before_sample_actions_keep_the_greedy_evaluation():
+    from mlcanon.config import from_dict
+    assert from_dict(DTConfig, {}).sample_actions is False                 # a stored config.json without the field
+    assert from_dict(DTConfig, {}, stored=False).sample_actions is True    # a --config file: the new default
+    assert DTConfig().sample_actions is True
