@@ -393,7 +393,7 @@ def rollouts(agent: Agent, episodes: int, seed: int, epsilon: float = 0.0, deter
 
 def sample_run(run_dir: Path, n: int = 10, out: Path | None = None, options: RLSampleOptions | None = None) -> Path:
     """``mlcanon sample RUN_DIR``: roll out episodes. ``--out X.npz`` writes the trajectories (the decision
-    transformer's data: ``--episodes 500 --epsilon 0.3``); ``--out X.gif`` an animation of the first episode
+    transformer's data: ``--episodes 500 --epsilon 0 --epsilon-max 1``); ``--out X.gif`` an animation of the first episode
     (needs pygame); by default ``RUN_DIR/samples.png`` (the episodes' returns) and ``RUN_DIR/trajectories.npz``."""
     options = options or RLSampleOptions()
     episodes = options.episodes or n

@@ -1,6 +1,7 @@
 """Decision transformer (Chen et al. 2021), offline RL as return-conditioned sequence modelling:
 ``mlcanon train decision-transformer --dataset trajectories.npz`` (the file from
-``mlcanon sample RUN_DIR --episodes 500 --epsilon 0.3 --out trajectories.npz``).
+``mlcanon sample RUN_DIR --episodes 500 --epsilon 0 --epsilon-max 1 --out trajectories.npz``: each episode
+with its own rate of random actions, so the data hold every quality from the agent's own to a random policy's).
 
 - Tokens: each step t contributes (R_t, s_t, a_t), R_t = sum_{k>=t} r_{k+1} the (undiscounted) return-to-go;
   each is embedded linearly (actions by an embedding table) plus a learned embedding of the timestep t
@@ -83,13 +84,13 @@ class DTConfig(TrainConfig):
         if not self.dataset:
             if self.env != "CartPole-v1":
                 raise UserError(f"--env {self.env}: the scripted data exist for CartPole-v1 only; give --dataset "
-                                "FILE.npz written by `mlcanon sample RUN_DIR --episodes 500 --epsilon 0.3 --out "
-                                "FILE.npz`")
+                                "FILE.npz written by `mlcanon sample RUN_DIR --episodes 500 --epsilon 0 "
+                                "--epsilon-max 1 --out FILE.npz`")
             return
         path = Path(self.dataset)
         if not path.is_file():
             raise UserError(f"--dataset {path}: no such file; write one with `mlcanon sample RUN_DIR --episodes 500 "
-                            "--epsilon 0.3 --out trajectories.npz`")
+                            "--epsilon 0 --epsilon-max 1 --out trajectories.npz`")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if self.dataset_sha256 and self.dataset_sha256 != digest:
             raise UserError(f"--dataset {path} changed since this run started (sha256 {digest[:12]}..., recorded "
