@@ -186,13 +186,9 @@ class Agent:
         """
         cfg, state, c = self.config, loop.state, loop.state.counters
         before, after = loop.step, loop.step + n
-        if (cfg.eval_every and after // cfg.eval_every > before // cfg.eval_every) or after >= loop.total:
+        k = evaluation_due(before, after, cfg.eval_every, loop.total)
+        if k is not None:
             t_eval = time.perf_counter()
-            # each evaluation plays new episodes (as SB3's EvalCallback, whose eval env runs on), keyed by (seed, k)
-            # with k counted from the step, so a resumed run replays the same ones: k = the number of --eval-every
-            # boundaries passed, plus one for a last evaluation that passed none
-            crossed = cfg.eval_every and after // cfg.eval_every > before // cfg.eval_every
-            k = (after // cfg.eval_every if crossed else after // cfg.eval_every + 1) if cfg.eval_every else 0
             ev = self.evaluate(cfg.eval_episodes, seed=training_eval_seed(cfg.seed, k))
             self.eval_seconds += time.perf_counter() - t_eval
             rec = {"eval/return_mean": ev["return_mean"], "eval/return_ci95": ev["return_ci95"]}
@@ -217,6 +213,19 @@ class Agent:
 
 
 _TRAINING_EVAL = 7_919                       # stream id of the evaluations during training
+
+
+def evaluation_due(before: int, after: int, eval_every: int, total: int) -> int | None:
+    """The key k of the evaluation due when training moves from ``before`` to ``after`` env steps, None if none is:
+    one at each --eval-every boundary passed and one at the end. Each evaluation plays new episodes (as SB3's
+    EvalCallback, whose eval env runs on), keyed by (seed, k) with k a function of the step, so a resumed run
+    replays the same ones: k = the boundaries passed, plus one for a last evaluation that passed none."""
+    crossed = eval_every > 0 and after // eval_every > before // eval_every
+    if not (crossed or after >= total):
+        return None
+    if not eval_every:
+        return 0
+    return after // eval_every + (0 if crossed else 1)
 
 
 def training_eval_seed(seed: int, k: int) -> int:
@@ -333,12 +342,12 @@ class RLSampleOptions(SampleOptions):
                             min=0.0, max=1.0)
     epsilon_max: float | None = option(None, "each episode draws its own epsilon uniformly in [--epsilon, "
                                              "--epsilon-max]: data of graded quality", min=0.0, max=1.0)
+    stochastic: bool = option(False, "sample actions from the policy instead of the greedy action")
 
     def check(self) -> None:
         if self.epsilon_max is not None and self.epsilon_max < self.epsilon:
             raise UserError(f"--epsilon-max {self.epsilon_max} is below --epsilon {self.epsilon}; give "
                             "--epsilon-max >= --epsilon (or drop it for one epsilon)")
-    stochastic: bool = option(False, "sample actions from the policy instead of the greedy action")
 
 
 def load_agent(run_dir: Path, config=None, tag: str = "best") -> Agent:

@@ -45,6 +45,7 @@ from mlcanon.rl.agent import (
     RLSampleOptions,
     episode_metrics,
     evaluate_run,
+    evaluation_due,
     load_agent,
     sample_run,
     train_agent,
@@ -596,12 +597,9 @@ def train_many_seeds(config: PPOConfig, run: Run | None = None) -> dict:
                    "train/active_seeds": S}
         if ep_returns:
             metrics["rollout/episode_return"] = float(np.mean(ep_returns))
-        crossed = bool(cfg.eval_every) and step // cfg.eval_every > before // cfg.eval_every
-        if crossed or step >= cfg.total_steps:
+        k = evaluation_due(before, step, cfg.eval_every, cfg.total_steps)    # new episodes at each evaluation
+        if k is not None:
             t_eval = time.perf_counter()
-            # the k-th evaluation plays new episodes: k = --eval-every boundaries passed (+1 for a last evaluation
-            # between two boundaries), a function of the step, so a resumed run replays the same ones
-            k = step // cfg.eval_every + (0 if crossed else 1) if cfg.eval_every else 0
             means = evaluate_seeds(nets, s_keys, cfg.eval_episodes, max_steps, dev, evaluation=k).mean(1).cpu()
             eval_seconds += time.perf_counter() - t_eval
             row = torch.full((1, S0), math.nan, dtype=torch.float64)

@@ -123,7 +123,6 @@ def explained_variance(returns: torch.Tensor, values: torch.Tensor) -> float | N
 
 
 @torch.no_grad()
-@torch.no_grad()
 def polyak_update(target: nn.Module | torch.Tensor, source: nn.Module | torch.Tensor, tau: float) -> None:
     """theta_target <- tau theta + (1 - tau) theta_target (Lillicrap et al. 2016); tau = 1 is a hard copy.
 

@@ -314,12 +314,11 @@ class ActNorm(FlowLayer):
         self.loc.copy_(x.mean(dims))
         self.log_scale.copy_(-torch.log(x.std(dims, unbiased=False) + self.eps))
         self.initialized.fill_(1)
+        self._known_initialized = True
 
     def forward(self, x):
-        if not self._known_initialized:
-            if not bool(self.initialized):
-                self._initialize(x)
-            self._known_initialized = True
+        if not self.ready():
+            self._initialize(x)
         z = (x - _channel_view(self.loc, x)) * _channel_view(torch.exp(self.log_scale), x)
         ld = self.log_scale.sum()
         return z, _per_example(ld if x.dim() == 2 else ld * _spatial(x), x)   # H W sum_c log_scale_c
