@@ -95,8 +95,9 @@ class PPOConfig(DeepRLConfig):
     torch_env: bool = option(False, "step CartPole-v1 as one batched torch env (rl/cartpole_torch.py) instead of "
                                     "N gymnasium envs: thousands of envs at once, on the GPU too; with "
                                     "--num-seeds N the N seeds train together, vectorized over stacked weights")
-    seed_chunk: int = option(64, "--torch-env --num-seeds: seeds per forward/backward pass of the updates "
-                                 "(cache-sized blocks; changes the speed, not the result)", min=1)
+    seed_chunk: int = option(0, "--torch-env --num-seeds: seeds per forward/backward pass of the updates "
+                                "(0: 64 on the CPU, cache-sized blocks; all seeds at once on a GPU, where each "
+                                "pass costs kernel launches); changes the speed, not the result", min=0)
 
     def check(self) -> None:
         super().check()
@@ -531,6 +532,7 @@ def train_many_seeds(config: PPOConfig, run: Run | None = None) -> dict:
         env.reset()
     seeds = torch.tensor(all_seeds, dtype=torch.int64, device=dev)
     ckpt_every = cfg.checkpoint_every or max(1, cfg.total_steps // 10)
+    chunk = cfg.seed_chunk or (64 if dev.type == "cpu" else S0)
     eval_seconds, t0 = 0.0, time.perf_counter()               # wall-clock, reported (never checkpointed)
     bar = run.progress(cfg.total_steps, initial=state.step, unit="step", desc=f"ppo x{S0} seeds",
                        enabled=cfg.progress)
@@ -579,8 +581,8 @@ def train_many_seeds(config: PPOConfig, run: Run | None = None) -> dict:
                 idx = perm[:, start:start + M]
                 mb = {k: v.gather(1, idx.view(S, -1, *[1] * (v.dim() - 2)).expand(-1, -1, *v.shape[2:]))
                       for k, v in data.items()}
-                for c0 in range(0, S, cfg.seed_chunk):
-                    rows = slice(c0, min(c0 + cfg.seed_chunk, S))
+                for c0 in range(0, S, chunk):
+                    rows = slice(c0, min(c0 + chunk, S))
                     kl, cf = _seed_update(nets, adam, {k: v[rows] for k, v in mb.items()}, rows, cfg, clip, lr)
                     kl_sum[rows] += kl
                     clipfrac_sum[rows] += cf

@@ -197,6 +197,14 @@ def test_cli_seed_of_many_is_bitwise_the_single_run(multi_run, tmp_path):
     assert registry.load_run(alone).model is not None
 
 
+def test_seed_chunk_changes_the_speed_not_the_result(multi_run, tmp_path):
+    """--seed-chunk 1 (one seed per update pass) gives the bytes of the default pass over all three seeds."""
+    assert main(["train", "ppo", *_flags(**MULTI, seed_chunk=1), "--out-dir", str(tmp_path)]) == 0
+    one = load_checkpoint(_run_dir(tmp_path), tag="seeds_weights")[0]["params"]
+    together = load_checkpoint(multi_run, tag="seeds_weights")[0]["params"]
+    assert all(_same_bytes(a, b) for a, b in zip(one, together))
+
+
 def test_sigkilled_run_resumes_bitwise(multi_run, tmp_path):
     """A `mlcanon train` process killed with SIGKILL right after its checkpoint at step 256 (of 512), continued by
     `mlcanon train --resume`, ends with the uninterrupted run's files: checkpoint, weights, metrics, result."""
