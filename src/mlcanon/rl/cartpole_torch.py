@@ -115,19 +115,7 @@ class CartPoleTorch:
 
     def step(self, actions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """(obs, rewards, terminated, truncated, info) for actions [N] in {0, 1}; same-step autoreset."""
-        a = torch.as_tensor(actions, device=self.device)
-        x, x_dot, theta, theta_dot = self.state.unbind(1)
-        force = torch.where(a == 1, self.force_mag, -self.force_mag).to(torch.float64)
-        cos, sin = torch.cos(theta), torch.sin(theta)
-        temp = (force + self.polemass_length * theta_dot.square() * sin) / self.total_mass
-        theta_acc = (self.gravity * sin - cos * temp) / (
-            self.length * (4.0 / 3.0 - self.masspole * cos.square() / self.total_mass))
-        x_acc = temp - self.polemass_length * theta_acc * cos / self.total_mass
-        state = torch.stack([x + self.tau * x_dot, x_dot + self.tau * x_acc,          # explicit Euler
-                             theta + self.tau * theta_dot, theta_dot + self.tau * theta_acc], 1)
-        x, theta = state[:, 0], state[:, 2]
-        terminated = (x < -self.x_threshold) | (x > self.x_threshold) | \
-                     (theta < -self.theta_threshold) | (theta > self.theta_threshold)
+        state, terminated = self.dynamics(self.state, torch.as_tensor(actions, device=self.device))
         reward = torch.ones(self.num_envs, dtype=torch.float64, device=self.device)
         self.ep_return += reward
         self.ep_length += 1
@@ -144,6 +132,24 @@ class CartPoleTorch:
         self.state = state
         self.obs = state.float()
         return self.obs, reward, terminated, truncated, info
+
+    @classmethod
+    def dynamics(cls, state: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """gymnasium's CartPole physics, batched: (next state [N, 4] float64, terminated [N]) for actions a in {0, 1}.
+        Pure (no episode bookkeeping): the greedy evaluation steps it alone."""
+        x, x_dot, theta, theta_dot = state.unbind(1)
+        force = torch.where(a == 1, cls.force_mag, -cls.force_mag).to(torch.float64)
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        temp = (force + cls.polemass_length * theta_dot.square() * sin) / cls.total_mass
+        theta_acc = (cls.gravity * sin - cos * temp) / (
+            cls.length * (4.0 / 3.0 - cls.masspole * cos.square() / cls.total_mass))
+        x_acc = temp - cls.polemass_length * theta_acc * cos / cls.total_mass
+        state = torch.stack([x + cls.tau * x_dot, x_dot + cls.tau * x_acc,          # explicit Euler
+                             theta + cls.tau * theta_dot, theta_dot + cls.tau * theta_acc], 1)
+        x, theta = state[:, 0], state[:, 2]
+        terminated = (x < -cls.x_threshold) | (x > cls.x_threshold) | \
+                     (theta < -cls.theta_threshold) | (theta > cls.theta_threshold)
+        return state, terminated
 
     def keep(self, seeds: torch.Tensor) -> None:
         """Keep only the env blocks of the seeds at positions ``seeds`` (indices into this env's seed list)."""

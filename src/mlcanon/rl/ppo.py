@@ -494,15 +494,18 @@ def evaluate_seeds(nets: SeedNets, seeds: torch.Tensor, episodes: int, max_steps
     the same ones), each seed's depending on that seed only. ``mlcanon eval`` draws from its own stream (_EVAL_CLI)."""
     S = len(seeds)
     env = CartPoleTorch(episodes, counter_bits(seeds, stream, evaluation).tolist(), device, max_steps)
-    obs = env.reset()
+    env.reset()
     ret = torch.zeros(S * episodes, dtype=torch.float64, device=device)
     alive = torch.ones(S * episodes, dtype=torch.bool, device=device)
-    for _ in range(max_steps):
-        a = nets.logits(obs.view(S, episodes, -1)).argmax(-1).view(-1)    # greedy action
-        obs, r, term, trunc, _ = env.step(a)
-        ret += r * alive
-        alive &= ~(term | trunc)
-        if not bool(alive.any()):
+    state = env.state                                                   # float64 start states [S * episodes, 4]
+    # the bare physics, no autoreset or episode lists: an ended episode steps on, masked out of its return; the
+    # loop asks the device whether any episode is alive only every 16 steps (each question waits for the GPU)
+    for t in range(max_steps):                  # the time limit (truncation) is the loop's bound
+        a = nets.logits(state.float().view(S, episodes, -1)).argmax(-1).view(-1)    # greedy action
+        state, term = CartPoleTorch.dynamics(state, a)
+        ret += alive                            # reward 1 for each step taken, the terminating one included
+        alive &= ~term
+        if t % 16 == 15 and not bool(alive.any()):
             break
     return ret.view(S, episodes)
 

@@ -113,6 +113,25 @@ def test_greedy_evaluation_of_a_balancing_policy_reaches_the_time_limit():
     assert bool((bad < 20).all())
 
 
+def test_greedy_evaluation_returns_are_the_episode_lengths_under_the_full_env():
+    """evaluate_seeds steps the bare physics and stops every 16 steps at most; its returns are the lengths of the
+    first episodes that the full env (autoreset, truncation, episode lists) reports for the same start states."""
+    nets = SeedNets([3, 4, 5], 4, SPACE, (8,), "tanh", "cpu")     # random policies: episodes end at many steps
+    seeds = torch.tensor([3, 4, 5])
+    got = evaluate_seeds(nets, seeds, 5, 60, "cpu", evaluation=2)
+    lengths = torch.tensor([np.nan] * 15, dtype=torch.float64)
+    env = CartPoleTorch(5, ppo.counter_bits(seeds, ppo._EVAL, 2).tolist(), "cpu", 60)
+    obs, ended = env.reset(), torch.zeros(15, dtype=torch.bool)
+    for t in range(60):
+        a = nets.logits(obs.view(3, 5, -1)).argmax(-1).view(-1)
+        obs, _, term, trunc, _ = env.step(a)
+        new = (term | trunc) & ~ended
+        lengths[new] = t + 1.0
+        ended |= term | trunc
+    assert bool(ended.all()) and len(set(lengths.tolist())) > 3         # several different episode lengths
+    assert torch.equal(got, lengths.view(3, 5))
+
+
 def test_multi_seed_cartpole_blocks_are_the_single_seed_envs():
     multi, single = CartPoleTorch(3, [7, 8]), CartPoleTorch(3, 8)
     multi.reset(), single.reset()
