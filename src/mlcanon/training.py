@@ -68,8 +68,9 @@ class TrainConfig(CommonConfig):
     max_grad_norm: float = option(0.0, "clip the global gradient norm to this value (0: off)", min=0.0)
     grad_accum: int = option(1, "split each global batch into this many micro-batches (gradient accumulation)",
                              min=1)
-    lr_schedule: str = option("constant", "learning-rate decay after warm-up: constant, cosine (to 0) or "
-                                          "linear (to 0)", choices=LR_SCHEDULES)
+    lr_schedule: str = option("constant", "learning-rate decay after warm-up: constant, cosine (to --min-lr) or "
+                                          "linear (to --min-lr)", choices=LR_SCHEDULES)
+    min_lr: float = option(0.0, "the learning rate the cosine / linear decay ends at (nanoGPT: lr/10)", min=0.0)
     warmup_steps: int = option(0, "linear learning-rate warm-up from 0 over this many steps", min=0)
     ema_decay: float = option(0.0, "exponential moving average of the weights with this decay (0: off)",
                               min=0.0, max=1.0)
@@ -123,11 +124,13 @@ def optimizer_from(config, params) -> torch.optim.Optimizer:
                           weight_decay=config.weight_decay, betas=config.adam_betas)
 
 
-def lr_at(step: int, base_lr: float, total_steps: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
+def lr_at(step: int, base_lr: float, total_steps: int, schedule: str = "constant", warmup_steps: int = 0,
+          min_lr: float = 0.0) -> float:
     """Learning rate of optimizer step ``step`` (0-based): a pure function of the step, so resume is exact.
 
-    warm-up: lr_t = lr (t+1)/W for t < W; then with u = (t-W)/(T-W) in [0, 1]:
-    constant lr; cosine lr (1 + cos(pi u))/2 (Loshchilov & Hutter 2017, no restarts); linear lr (1 - u).
+    warm-up: lr_t = lr (t+1)/W for t < W; then with u = (t-W)/(T-W) in [0, 1]: constant lr;
+    cosine min + (lr - min)(1 + cos(pi u))/2 (Loshchilov & Hutter 2017, eta_min, no restarts); linear
+    min + (lr - min)(1 - u).
     """
     if warmup_steps and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
@@ -135,9 +138,9 @@ def lr_at(step: int, base_lr: float, total_steps: int, schedule: str = "constant
         return base_lr
     u = min(max(step - warmup_steps, 0) / max(total_steps - warmup_steps, 1), 1.0)
     if schedule == "cosine":
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * u))
+        return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * u))
     if schedule == "linear":
-        return base_lr * (1.0 - u)
+        return min_lr + (base_lr - min_lr) * (1.0 - u)
     raise UserError(f"--lr-schedule {schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
 
 
@@ -614,7 +617,7 @@ class Trainer:
             t0, s0, n_seen = time.perf_counter(), state.step, 0
 
         self.model.train()
-        lr_now = lr_at(state.step, cfg.lr, total, cfg.lr_schedule, cfg.warmup_steps)
+        lr_now = lr_at(state.step, cfg.lr, total, cfg.lr_schedule, cfg.warmup_steps, cfg.min_lr)
         while state.step < total and not c["stopped_early"]:
             step = state.step
             batch, n_global = data.get(step, dist.rank, dist.world_size)
@@ -643,7 +646,7 @@ class Trainer:
             # g <- g * min(1, max_norm / ||g||) (Pascanu et al. 2013); the norm is logged either way
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
             meter.add({"grad_norm": gnorm})
-            lr_now = lr_at(step, cfg.lr, total, cfg.lr_schedule, cfg.warmup_steps)
+            lr_now = lr_at(step, cfg.lr, total, cfg.lr_schedule, cfg.warmup_steps, cfg.min_lr)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_now
             self.optimizer.step()

@@ -4,12 +4,16 @@ sampling filters (temperature, top-k, top-p) against their definitions, normaliz
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from mlcanon.generative.autoregressive.gpt import GPT
+from mlcanon import registry
+from mlcanon.config import from_dict
+from mlcanon.generative.autoregressive.gpt import GPT, GPTConfig, build
 from mlcanon.generative.autoregressive.language import filter_logits, generate, recompute
 from mlcanon.generative.autoregressive.lstm_lm import LSTMLM
 from mlcanon.training import generator
@@ -127,3 +131,45 @@ def test_sampling_frequencies_follow_the_filtered_distribution():
     expected = 20000 * p[keep]
     chi2 = float(((counts[keep] - expected) ** 2 / expected).sum())
     assert chi2 < 25.0                                                        # chi^2_4, quantile 0.99995
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_gpt_parameter_count_is_the_closed_form(bias):
+    """Weights of GPT-2's block: W_qkv 3d^2, W_o d^2, MLP 8d^2, two LayerNorm gains 2d, per layer; E (V d, tied),
+    P (C d), the final gain d. Biases (bias=True) add 3d + d + 4d + d + 2 d per layer and d at the end; without
+    them (nanoGPT's bias=False) no parameter is a bias."""
+    Vv, C, L, d = 13, 10, 3, 24
+    model = GPT(Vv, context=C, layers=L, heads=4, width=d, bias=bias)
+    n = Vv * d + C * d + L * (12 * d * d + 2 * d) + d + (L * 11 * d + d if bias else 0)
+    assert sum(p.numel() for p in model.parameters()) == n
+    assert any(name.endswith("bias") for name, _ in model.named_parameters()) == bias
+
+
+def test_gpt_config_old_runs_keep_biases_and_decay_to_zero():
+    """config.json of a run written before --bias / --min-lr existed rebuilds that run's model and schedule."""
+    new = GPTConfig()
+    assert (new.bias, new.min_lr) == (False, 1e-4)              # nanoGPT's shakespeare-char defaults
+    old = from_dict(GPTConfig, {"layers": 1, "heads": 2, "width": 8, "context": 8})
+    assert (old.bias, old.min_lr) == (True, 0.0)
+    assert any(name.endswith("bias") for name, _ in build(old, 5).named_parameters())
+
+
+def test_gpt_learning_rate_follows_nanogpts_schedule(real_data, tmp_runs):
+    """Logged lr at step t (after t optimizer steps; the step t-1 used it): warm-up lr t/W, then
+    min + (lr - min)(1 + cos(pi u))/2 with u = (t-1-W)/(T-W) (nanoGPT's get_lr, decay to --min-lr at the end)."""
+    algo = registry.get("gpt")
+    lr, lo, W, T = 1e-3, 1e-4, 2, 10
+    config = algo.config_cls(**{**algo.tiny, "max_steps": T, "warmup_steps": W, "lr": lr, "min_lr": lo,
+                                "log_every": 1, "eval_every": 5, "samples": 0, "out_dir": str(tmp_runs),
+                                "progress": False, "device": "cpu"})
+    run_dir = algo.train(config)["run_dir"]
+    logged = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "train/lr" in rec:
+            logged[rec["step"]] = rec["train/lr"]
+    for t, value in logged.items():
+        s = t - 1                                                   # the 0-based step whose update used it
+        want = lr * (s + 1) / W if s < W else lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * (s - W) / (T - W)))
+        assert value == pytest.approx(want, rel=1e-12), t
+    assert sorted(logged) == list(range(1, T + 1))

@@ -41,13 +41,14 @@ from mlcanon.runs import Run
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with an optional KV cache (past keys/values [B, H, T_past, d_h])."""
 
-    def __init__(self, d: int, heads: int, dropout: float = 0.0, rotary: bool = False, causal: bool = True):
+    def __init__(self, d: int, heads: int, dropout: float = 0.0, rotary: bool = False, causal: bool = True,
+                 bias: bool = True):
         super().__init__()
         if d % heads:
             raise ValueError(f"width {d} must be divisible by heads {heads}")
         self.heads, self.dh, self.dropout, self.causal = heads, d // heads, dropout, causal
-        self.qkv = nn.Linear(d, 3 * d)                                     # [W_q W_k W_v]
-        self.proj = nn.Linear(d, d)                                        # W_o
+        self.qkv = nn.Linear(d, 3 * d, bias=bias)                          # [W_q W_k W_v]
+        self.proj = nn.Linear(d, d, bias=bias)                             # W_o
         self.rope = RotaryEmbedding(self.dh) if rotary else None
 
     def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -69,13 +70,16 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: h + Attn(LN(h)), then h + MLP(LN(h)) with a 4x GELU MLP."""
+    """Pre-LN transformer block: h + Attn(LN(h)), then h + MLP(LN(h)) with a 4x GELU MLP. ``bias=False``:
+    no additive biases in the linear layers and layer norms (nanoGPT's ``bias=False``, its default)."""
 
-    def __init__(self, d: int, heads: int, dropout: float = 0.0, rotary: bool = False, causal: bool = True):
+    def __init__(self, d: int, heads: int, dropout: float = 0.0, rotary: bool = False, causal: bool = True,
+                 bias: bool = True):
         super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = CausalSelfAttention(d, heads, dropout, rotary, causal)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d), nn.Dropout(dropout))
+        self.ln1, self.ln2 = nn.LayerNorm(d, bias=bias), nn.LayerNorm(d, bias=bias)
+        self.attn = CausalSelfAttention(d, heads, dropout, rotary, causal, bias)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d, bias=bias), nn.GELU(), nn.Linear(4 * d, d, bias=bias),
+                                 nn.Dropout(dropout))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, h: torch.Tensor, past=None, attn_mask=None):
@@ -88,7 +92,7 @@ class GPT(nn.Module):
     """Decoder-only transformer LM; ``forward(idx) -> (logits, kv_cache)``; ``step`` continues a cache."""
 
     def __init__(self, vocab_size: int, context: int = 64, layers: int = 4, heads: int = 4, width: int = 128,
-                 dropout: float = 0.0, positions: str = "learned", tie_weights: bool = True):
+                 dropout: float = 0.0, positions: str = "learned", tie_weights: bool = True, bias: bool = True):
         super().__init__()
         if positions not in ("learned", "rotary"):
             raise ValueError(f"positions must be 'learned' or 'rotary', got {positions!r}")
@@ -96,8 +100,9 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(vocab_size, width)                          # E
         self.wpe = nn.Embedding(context, width) if positions == "learned" else None   # P
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(width, heads, dropout, positions == "rotary") for _ in range(layers))
-        self.ln_f = nn.LayerNorm(width)
+        self.blocks = nn.ModuleList(Block(width, heads, dropout, positions == "rotary", bias=bias)
+                                    for _ in range(layers))
+        self.ln_f = nn.LayerNorm(width, bias=bias)
         # weight tying: logits = h E^T (the embedding is used again; no second copy, so checkpoints hold one)
         self.head = None if tie_weights else nn.Linear(width, vocab_size, bias=False)
         self.apply(self._init)
@@ -151,13 +156,17 @@ class GPT(nn.Module):
 @dataclasses.dataclass
 class GPTConfig(LMConfig):
     """GPT on text; defaults: nanoGPT's shakespeare-char CPU run (4 layers, 4 heads, width 128, context 64,
-    batch 12, 2,000 steps, AdamW 1e-3 with warm-up and cosine decay)."""
+    batch 12, 2,000 steps, dropout 0, AdamW 1e-3 (0.9, 0.99), weight decay 0.1 on matrices, clip 1, 100 warm-up
+    steps, cosine decay to 1e-4 at the last step, no biases)."""
 
     layers: int = option(4, "transformer blocks", min=1)
     heads: int = option(4, "attention heads", min=1)
     width: int = option(128, "model width d (divisible by --heads)", min=1)
     positions: str = option("learned", "position encoding", choices=("learned", "rotary"))
     tie_weights: bool = option(True, "share the input embedding and the output projection")
+    bias: bool = option(False, "additive biases in the linear layers and layer norms (nanoGPT: none)", absent=True)
+    min_lr: float = option(1e-4, "the learning rate the cosine / linear decay ends at (nanoGPT: lr/10)", min=0.0,
+                           absent=0.0)
 
     def check(self) -> None:
         super().check()
@@ -169,7 +178,7 @@ class GPTConfig(LMConfig):
 
 def build(config: GPTConfig, vocab_size: int) -> GPT:
     return GPT(vocab_size, config.context, config.layers, config.heads, config.width, config.dropout,
-               config.positions, config.tie_weights)
+               config.positions, config.tie_weights, config.bias)
 
 
 def train(config: GPTConfig, run: Run | None = None) -> dict:

@@ -124,7 +124,11 @@ def train_language_model(name: str, config: LMConfig, run: Run, model: nn.Module
     if run.dist.is_main:
         load_weights(model, run.dir, "best")
         val_loss, test_loss = score(val_ds, 0), score(test_ds, 0)
-        out.update({"val_loss": val_loss, "test_loss": test_loss, "test_bits_per_token": test_loss / math.log(2)})
+        # valid + test = the text after the training part (nanoGPT's validation split is that last 10%): the mean
+        # over both splits' windows, each loss weighted by its number of windows
+        nv, nt = ((len(ds.ids) - 1) // config.context for ds in (val_ds, test_ds))   # as windows() counts
+        out.update({"val_loss": val_loss, "test_loss": test_loss, "test_bits_per_token": test_loss / math.log(2),
+                    "val_test_loss": (nv * val_loss + nt * test_loss) / (nv + nt)})
         if config.samples:
             tok = train_ds.tokenizer
             prompt = torch.tensor([tok.encode(train_ds.text[:1])] * config.samples, dtype=torch.long)
