@@ -35,7 +35,7 @@ from mlcanon.generative.diffusion.samplers import (
     make_sampler,
 )
 from mlcanon.generative.diffusion.schedules import PREDICTIONS, SCHEDULES, NoiseSchedule, _at
-from mlcanon.nn.unet import UNet, timestep_embedding
+from mlcanon.nn.unet import SelfAttention2d, UNet, _ResBlock, timestep_embedding
 from mlcanon.training import TrainConfig
 
 
@@ -79,6 +79,10 @@ class DiffusionConfig(ScheduleConfig):
     attn_levels: tuple[int, ...] = option((2,), "U-Net levels with self-attention (0 = full resolution, depth = "
                                                "bottleneck; low resolution keeps it cheap)")
     heads: int = option(4, "attention heads", min=1)
+    res_blocks: int = option(0, "ResNet blocks per U-Net level going down (N + 1 going up, a ResNet-attention-"
+                                "ResNet mid block: Ho et al.'s num_res_blocks, diffusers' layers_per_block); "
+                                "0: the compact U-Net (one block per level each way, one bottleneck block)",
+                             min=0, absent=0)
     dropout: float = option(0.1, "dropout in the residual blocks", min=0.0, max=0.99)
     width: int = option(128, "hidden units of the MLP denoiser (vector data: toy2d, flat latents)", min=1)
     mlp_layers: int = option(3, "hidden layers of the MLP denoiser", min=1)
@@ -95,9 +99,13 @@ class DiffusionConfig(ScheduleConfig):
         bad = [lv for lv in self.attn_levels if not 0 <= lv <= self.depth]
         if bad:
             raise UserError(f"--attn-levels {','.join(map(str, bad))}: levels run from 0 to --depth {self.depth}")
-        if any(self.base_channels * m % self.heads for m in self.channel_mult if m) and self.attn_levels:
+        if any(self.base_channels * m % self.heads for m in self.channel_mult if m) and (
+                self.attn_levels or self.res_blocks):
             raise UserError(f"--heads {self.heads} must divide the channels of every level "
                             f"(--base-channels {self.base_channels} x --channel-mult)")
+        if self.res_blocks and self.base_channels % 2:
+            raise UserError(f"--res-blocks {self.res_blocks} embeds t in --base-channels dimensions, which must be "
+                            f"even (got {self.base_channels})")
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -161,22 +169,131 @@ class MLPDenoiser(nn.Module):
         return self.out(F.silu(h))
 
 
+class DDPMUNet(nn.Module):
+    """The U-Net of Ho et al. 2020 (Appendix B; their ``diffusion_tf/models/unet.py``), the layout diffusers'
+    ``UNet2DModel`` follows, with ``num_res_blocks`` = N:
+
+        h_0 = Conv3x3(x);  hs = [h_0]
+        level l = 0..L-1:  N x { h = ResBlock(h, phi(t)); h = Attn(h) if l in attn_levels; hs.push(h) }
+                           if l < L-1: h = Conv3x3_stride2(h); hs.push(h)                      (downsample)
+        mid:               h = ResBlock(Attn(ResBlock(h)))
+        level l = L-1..0:  (N+1) x { h = ResBlock(concat[h, hs.pop()]); h = Attn(h) if l in attn_levels }
+                           if l > 0: h = Conv3x3(NearestUp2x(h))                                (upsample)
+        out = Conv3x3(SiLU(GN(h)))
+
+    so every down-path output (including h_0 and each downsample) feeds one up block through a skip connection.
+    phi(t) = MLP(sinusoid(t, C_0)) of width 4 C_0 (their get_timestep_embedding + 2 dense layers), plus a label
+    embedding E[y] (row ``num_classes`` = the null label) when ``num_classes`` > 0. L = len(channel_mult); the
+    channels of level l are base_channels * channel_mult[l]; H, W must divide 2^(L-1)."""
+
+    def __init__(self, in_channels: int, out_channels: int, base_channels: int = 32,
+                 channel_mult: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 2,
+                 attn_levels: tuple[int, ...] = (2,), heads: int = 4, dropout: float = 0.0, num_classes: int = 0):
+        super().__init__()
+        L = len(channel_mult)
+        if num_res_blocks < 1 or L < 1:
+            raise ValueError(f"DDPMUNet: num_res_blocks and len(channel_mult) must be >= 1, got {num_res_blocks}, "
+                             f"{L}")
+        if any(not 0 <= lv < L for lv in attn_levels):
+            raise ValueError(f"DDPMUNet: attn_levels {tuple(attn_levels)} outside 0..{L - 1}")
+        if base_channels % 2:
+            raise ValueError(f"DDPMUNet: base_channels must be even (sinusoidal embedding), got {base_channels}")
+        ch = [base_channels * m for m in channel_mult]
+        self.levels, self.num_classes, self.time_dim = L, num_classes, base_channels
+        emb = 4 * base_channels
+        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.label_emb = nn.Embedding(num_classes + 1, emb) if num_classes else None   # row K: null label
+
+        def res(cin: int, cout: int) -> _ResBlock:
+            return _ResBlock(cin, cout, emb, "group", dropout)
+
+        def attn(level: int, c: int) -> nn.Module:
+            return SelfAttention2d(c, heads) if level in attn_levels else nn.Identity()
+
+        self.conv_in = nn.Conv2d(in_channels, ch[0], 3, padding=1)
+        skip_ch = [ch[0]]                                     # channels of the hs stack, pushed in order
+        self.down, self.down_attn, self.downsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        c = ch[0]
+        for level in range(L):
+            for _ in range(num_res_blocks):
+                self.down.append(res(c, ch[level]))
+                self.down_attn.append(attn(level, ch[level]))
+                c = ch[level]
+                skip_ch.append(c)
+            if level < L - 1:
+                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))   # H -> H/2, learned
+                skip_ch.append(c)
+        self.mid1, self.mid_attn, self.mid2 = res(c, c), SelfAttention2d(c, heads), res(c, c)
+        self.up, self.up_attn, self.upsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for level in reversed(range(L)):
+            for _ in range(num_res_blocks + 1):
+                self.up.append(res(c + skip_ch.pop(), ch[level]))               # ResBlock(concat[h, skip])
+                self.up_attn.append(attn(level, ch[level]))
+                c = ch[level]
+            if level > 0:
+                self.upsample.append(nn.Conv2d(c, c, 3, padding=1))             # after nearest 2x
+        self.out = nn.Sequential(nn.GroupNorm(math.gcd(8, c), c), nn.SiLU(), nn.Conv2d(c, out_channels, 3, padding=1))
+        self.num_res_blocks = num_res_blocks
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        N = x.shape[0]
+        k = 2 ** (self.levels - 1)
+        if x.shape[-2] % k or x.shape[-1] % k:
+            raise ValueError(f"DDPMUNet with {self.levels} levels needs H and W divisible by {k}, got "
+                             f"{tuple(x.shape[-2:])}")
+        t = t.reshape(-1).expand(N) if t.numel() == 1 else t
+        emb = self.time_mlp(timestep_embedding(t, self.time_dim).to(x.dtype))              # phi(t)
+        if self.label_emb is not None:
+            if y is None:
+                y = torch.full((N,), self.num_classes, dtype=torch.long, device=x.device)  # the null label
+            emb = emb + self.label_emb(y)                                                  # + E[y]
+        elif y is not None:
+            raise ValueError("this DDPMUNet was built without num_classes: it takes no labels")
+        n = self.num_res_blocks
+        h = self.conv_in(x)
+        hs = [h]
+        for i, (block, attn) in enumerate(zip(self.down, self.down_attn)):
+            h = attn(block(h, emb))
+            hs.append(h)
+            if i % n == n - 1 and i // n < self.levels - 1:
+                h = self.downsample[i // n](h)
+                hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for i, (block, attn) in enumerate(zip(self.up, self.up_attn)):
+            h = attn(block(torch.cat([h, hs.pop()], 1), emb))
+            if i % (n + 1) == n and i // (n + 1) < self.levels - 1:
+                h = self.upsample[i // (n + 1)](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.out(h)
+
+
 class ImageDenoiser(nn.Module):
     """The U-Net (residual blocks, low-resolution self-attention, time and label embeddings) on images whose
     sides need not divide 2^depth: x_t is zero-padded to the next multiple (28 -> 32 at depth 3; 28 needs no
-    padding at depth 2) and the output cropped back."""
+    padding at depth 2) and the output cropped back.
+
+    ``res_blocks`` = 0: the compact :class:`mlcanon.nn.UNet` (one block per level each way and a bottleneck
+    block at level ``depth``; ``attn_levels`` = ``depth`` puts attention after it). ``res_blocks`` = N >= 1:
+    :class:`DDPMUNet` with levels 0..depth (``depth`` downsamplings), N ResNet blocks per level down, N + 1 up,
+    and its ResNet-attention-ResNet mid block."""
 
     def __init__(self, channels: int, size: tuple[int, int], base_channels: int = 32, depth: int = 2,
                  channel_mult: tuple[int, ...] = (1, 2, 2), attn_levels: tuple[int, ...] = (2,), heads: int = 4,
-                 dropout: float = 0.1, num_classes: int = 0):
+                 dropout: float = 0.1, num_classes: int = 0, res_blocks: int = 0):
         super().__init__()
         k = 2 ** depth
         H, W = size
         self.pad_h, self.pad_w = (-H) % k, (-W) % k
         self.num_classes = num_classes
-        self.unet = UNet(channels, channels, base_channels, depth, channel_mult, time_dim=base_channels * 2,
-                         dropout=dropout, residual=True, attn_levels=attn_levels, heads=heads,
-                         num_classes=num_classes)
+        if res_blocks:
+            if len(channel_mult) != depth + 1:
+                raise ValueError(f"ImageDenoiser: channel_mult needs depth + 1 = {depth + 1} entries, got "
+                                 f"{len(channel_mult)}")
+            self.unet = DDPMUNet(channels, channels, base_channels, channel_mult, res_blocks, attn_levels, heads,
+                                 dropout, num_classes)
+        else:
+            self.unet = UNet(channels, channels, base_channels, depth, channel_mult, time_dim=base_channels * 2,
+                             dropout=dropout, residual=True, attn_levels=attn_levels, heads=heads,
+                             num_classes=num_classes)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         _B, _C, H, W = x.shape
@@ -193,7 +310,7 @@ def build_denoiser(config: DiffusionConfig, shape: tuple[int, ...], num_classes:
         return MLPDenoiser(shape[0], config.width, config.mlp_layers, num_classes=num_classes)
     if len(shape) == 3:
         return ImageDenoiser(shape[0], shape[1:], config.base_channels, config.depth, config.channel_mult,
-                             config.attn_levels, config.heads, config.dropout, num_classes)
+                             config.attn_levels, config.heads, config.dropout, num_classes, config.res_blocks)
     raise UserError(f"diffusion needs vectors [D] or images [C, H, W], got data of shape {list(shape)}")
 
 
