@@ -176,7 +176,8 @@ def mlp_backward(hs: list[torch.Tensor], seq: torch.nn.Sequential, dy: torch.Ten
         torch.sum(dy, 0, out=lin.bias.grad)
         if i > 0:
             dh, act = dy @ lin.weight, layers[i - 1][1]
-            dy = torch.ops.aten.tanh_backward(dh, hs[i]) if act == "Tanh" else dh * (hs[i] > 0)
+            dy = (torch.ops.aten.tanh_backward(dh, hs[i]) if act == "Tanh"            # dh (1 - h^2)
+                  else torch.ops.aten.threshold_backward(dh, hs[i], 0))            # dh [h > 0], in one op
 
 
 def numpy_views(linears: list[nn.Linear]) -> list[tuple[np.ndarray, np.ndarray]]:
