@@ -152,22 +152,32 @@ def diffusers_speed(device: str, extra: tuple[str, ...] = ()) -> dict:
 
 
 def speed_rows(res: dict) -> list[Row]:
+    compile_flag = res["compile"] if isinstance(res["compile"], str) else ("model" if res["compile"] else "")
     cmd = (f"python benchmarks/diffusion_vs_diffusers.py --device {'cuda' if 'cpu' not in res['device'] else 'cpu'} "
            f"--batch {res['batch']} --precision {res['precision']}"
-           + (" --channels-last" if res["channels_last"] else "") + (" --compile" if res["compile"] else ""))
-    note = (f"{res['device']}; params ours {res['params_ours']:,} vs diffusers {res['params_diffusers']:,}; "
-            f"final loss {res['final_loss_ours']:.3f} vs {res['final_loss_diffusers']:.3f}")
+           + (f" --res-blocks {res['res_blocks']}" if "res_blocks" in res else "")
+           + (" --channels-last" if res["channels_last"] else "") + (f" --compile {compile_flag}" if compile_flag else "")
+           + (f" --train-steps {res['train_steps']} --warmup {res['warmup']}" if "train_steps" in res else ""))
+    note = (f"{res['device']}; the same U-Net on both sides, params ours {res['params_ours']:,} vs diffusers "
+            f"{res['params_diffusers']:,}; loss after the last steps {res['final_loss_ours']:.4f} vs "
+            f"{res['final_loss_diffusers']:.4f}")
+    if compile_flag and "compile_train_s_ours" in res:
+        note += (f"; compile s (train, sample) ours {res['compile_train_s_ours']:.0f}, "
+                 f"{res['compile_sample_s_ours']:.0f}; diffusers {res['compile_train_s_diffusers']:.0f}, "
+                 f"{res['compile_sample_s_diffusers']:.0f}")
     return [Row(name=f"diffusion train images/s vs diffusers {res['diffusers']}", command=cmd,
                 ours=res["train_images_per_s_ours"], unit="img/s", reference=res["train_images_per_s_diffusers"],
                 reference_label=f"diffusers {res['diffusers']} (same run)", notes=note),
-            Row(name=f"diffusion DDIM-50 sampling images/s vs diffusers {res['diffusers']}", command=cmd,
+            Row(name=f"diffusion DDIM-{res.get('sample_steps', 50)} sampling images/s vs diffusers "
+                     f"{res['diffusers']}", command=cmd,
                 ours=res["sample_images_per_s_ours"], unit="img/s", reference=res["sample_images_per_s_diffusers"],
                 reference_label=f"diffusers {res['diffusers']} (same run)", notes=note)]
 
 
 @bench("diffusion-speed-cpu", suites=("full",), description="DDPM training/sampling images/s beside diffusers (CPU)")
 def speed_cpu() -> list[Row]:
-    return speed_rows(diffusers_speed("cpu", ("--batch", "64")))
+    return speed_rows(diffusers_speed("cpu", ("--batch", "32", "--train-steps", "24", "--warmup", "4", "--rounds", "4",
+                                              "--sample-steps", "20", "--sample-repeats", "2")))
 
 
 @bench("diffusion-speed-gpu", suites=("gpu",), description="DDPM training/sampling images/s beside diffusers (GPU)")
