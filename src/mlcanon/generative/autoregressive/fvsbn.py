@@ -68,10 +68,12 @@ class FVSBN(nn.Module):
 class FVSBNConfig(BinaryImageConfig):
     """FVSBN on binary images: D logistic regressions, each on the previous pixels."""
 
+    epochs: int = option(40, "passes over the training set (validation NLL still falls at 20)", min=1)
     batch_size: int = option(100, "global mini-batch size", min=1)
     lr: float = option(5e-3, "peak learning rate (Adam; 1e-3 is still at 107 nats after 10 epochs)", min=0.0)
     lr_schedule: str = option("cosine", "learning-rate decay after warm-up", choices=LR_SCHEDULES)
-    weight_decay: float = option(0.0, "L2 penalty on W and b (adds lambda*w to the gradient)", min=0.0)
+    # lambda chosen on the validation split (20 epochs: 0 / 1e-5 / 1e-4 / 1e-3 gave 99.16 / 99.11 / 99.11 / 100.82)
+    weight_decay: float = option(1e-4, "L2 penalty on W and b (adds lambda*w to the gradient)", min=0.0)
 
 
 def build(config: FVSBNConfig) -> FVSBN:
