@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from replay_data import random_replay_buffer
 
 from mlcanon.rl.dqn import DQN, DQNConfig
+from mlcanon.rl.policies import mlp, mlp_backward, mlp_forward
 
 EPS32 = torch.finfo(torch.float32).eps
 
@@ -110,3 +111,27 @@ def test_optimizer_step_clips_as_clip_grad_norm(gain):
     agent.flat.grad.copy_(g)
     agent.optimizer_step()
     assert torch.equal(agent.flat.grad, ref.grad)       # the same float32 factor c / (|g| + 1e-6), or none
+
+
+def test_hand_passes_run_on_a_deep_copy_s_own_weights():
+    """policies.mlp_forward / mlp_backward keep the (Linear, activation) list on the Sequential after the first call:
+    a deep copy made afterwards must compute with, and write the gradient of, its own layers, not the original's."""
+    torch.manual_seed(0)
+    net = mlp(4, (8, 8), 2, "relu")
+    x = torch.randn(5, 4)
+    mlp_forward(x, net)                                   # the list is now cached on net
+    twin = copy.deepcopy(net)
+    for m in (net, twin):
+        for p in m.parameters():
+            p.grad = torch.zeros_like(p)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(-2.0)
+        for m in (net, twin):
+            out = mlp_forward(x, m)[-1]
+            tol = 16 * EPS32 * float(m(x).abs().max())     # addmm vs nn.Linear: same products, <= 8 + 8 terms
+            torch.testing.assert_close(out, m(x), rtol=0, atol=tol)
+        assert not torch.allclose(mlp_forward(x, twin)[-1], net(x))
+        mlp_backward(mlp_forward(x, twin), twin, torch.ones(5, 2))
+    assert all(bool(p.grad.abs().sum() > 0) for p in twin.parameters())
+    assert all(bool(p.grad.abs().sum() == 0) for p in net.parameters())   # the original's gradient untouched
