@@ -23,12 +23,16 @@ repeats and RNG draws for t and eps):
 - sampling images/s: ours ``GaussianDiffusion.sample(n, sampler="ddim", steps=S)``; diffusers the loop of its
   ``DDIMPipeline`` (``DDIMScheduler.set_timesteps`` / ``unet`` / ``step(eta=0)``) without the numpy
   conversion; both from the same x_T;
-- ``--compile`` (= ``--compile blocks``) compiles each ResNet and attention block in place (``Module.compile``,
-  regional compilation: our ``_ResBlock`` / ``SelfAttention2d``, diffusers' ``ResnetBlock2D`` / ``Attention``);
-  ``--compile model`` wraps the whole network (``model.net`` / the ``UNet2DModel``) in ``torch.compile``, which
-  took 85 s + 64 s to compile training alone on an H200. The first step of each side (and one untimed sampling
-  call) holds the compilation, reported apart (``compile_train_s``, ``compile_sample_s``: the first call minus a
-  timed one); CUDA, cuBLAS and cuDNN are initialized before either side runs;
+- ``--compile`` (= ``--compile model``) wraps the whole network (``model.net`` / the ``UNet2DModel``) in
+  ``torch.compile`` on both sides; ``--compile blocks`` compiles each ResNet and attention block in place instead
+  (regional compilation: our ``_ResBlock`` / ``SelfAttention2d``, diffusers' ``ResnetBlock2D`` / ``Attention``;
+  one graph per block shape, about 8 per side here, so it is not much cheaper for a U-Net). The first step of each
+  side (and one untimed sampling call) holds the compilation, reported apart (``compile_train_s``,
+  ``compile_sample_s``: the first call minus a timed one), and ``graphs_compiled_in_timed_*`` counts any graph
+  built inside a timed region (0 expected). A cold compile is slow: on an H200, ``--compile model`` took 85 s
+  (ours) and 64 s (diffusers) for the training graphs alone (the sampling graphs come on top), so a compiled GPU
+  run needs several minutes; the eager runs take about 30 s. CUDA, cuBLAS and cuDNN are initialized before either
+  side runs;
 - the timed steps run in ``--rounds`` rounds, the two sides alternating (ours first in even rounds), each side
   with its own RNG state, so a load change on a shared machine hits both; load averages are recorded.
 
@@ -176,6 +180,12 @@ def warm_up(device, precision):
     sync(device)
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has built so far in this process (all sides)."""
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
+
+
 def load_avg() -> list[float]:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -285,6 +295,7 @@ def bench(args) -> dict:
         res[f"warmup_rest_s_{name}"] = time.perf_counter() - t0
     timed = data[args.warmup:]
     per_round = {name: [] for name in sides}
+    graphs = compiled_graphs()
     start = 0
     for r, n in enumerate(chunks(len(timed), args.rounds)):
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
@@ -294,6 +305,7 @@ def bench(args) -> dict:
             run(name, timed[start:start + n])
             per_round[name].append((n * args.batch, time.perf_counter() - t0))
         start += n
+    res["graphs_compiled_in_timed_training"] = compiled_graphs() - graphs   # 0 unless a recompilation was timed
     for name in sides:
         imgs, secs = sum(a for a, _ in per_round[name]), sum(b for _, b in per_round[name])
         res[f"train_images_per_s_{name}"] = imgs / secs if secs else float("nan")
@@ -342,6 +354,7 @@ def bench(args) -> dict:
         sync(device)
         res[f"first_sample_s_{name}"] = time.perf_counter() - t0
     times = {name: [] for name in samplers}
+    graphs = compiled_graphs()
     for r in range(args.sample_repeats):
         for name in (list(samplers) if r % 2 == 0 else list(samplers)[::-1]):
             sync(device)
@@ -349,6 +362,11 @@ def bench(args) -> dict:
             samplers[name]()
             sync(device)
             times[name].append(time.perf_counter() - t0)
+    res["graphs_compiled_in_timed_sampling"] = compiled_graphs() - graphs
+    for k in ("graphs_compiled_in_timed_training", "graphs_compiled_in_timed_sampling"):
+        if res[k]:
+            print(f"# WARNING: {res[k]} graphs were compiled inside the timed region ({k}): raise --warmup",
+                  flush=True)
     for name in samplers:
         res[f"sample_images_per_s_{name}"] = args.sample_repeats * args.batch / sum(times[name])
         res[f"sample_s_repeats_{name}"] = times[name]
@@ -380,9 +398,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", nargs="?", const="blocks", default="", choices=("blocks", "model"),
-                   help="torch.compile on both sides: each ResNet and attention block (blocks, the default) or "
-                        "the whole network (model)")
+    p.add_argument("--compile", nargs="?", const="model", default="", choices=("model", "blocks"),
+                   help="torch.compile on both sides: the whole network (model, the default) or each ResNet and "
+                        "attention block (blocks)")
     p.add_argument("--res-blocks", type=int, default=2,
                    help="ResNet blocks per level down (N + 1 up) on both sides (Ho et al. and diffusers: 2)")
     p.add_argument("--init", choices=("same", "own"), default="same",
