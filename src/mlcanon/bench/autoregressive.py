@@ -20,8 +20,9 @@ from mlcanon.registry import get
 # 100, AdamW (0.9, 0.99), weight decay 0.1, clip 1, bias=False): all of them gpt's defaults
 NANOGPT_CPU = ("--layers 4 --heads 4 --width 128 --context 64 --batch-size 12 --max-steps 2000 --lr 1e-3 "
                "--min-lr 1e-4 --warmup-steps 100 --lr-schedule cosine --dropout 0 --bias false")
-# <= 1.70 within 15 minutes on 2 CPU cores: the best of 8 configurations swept at equal CPU time (see the
-# BENCHMARKS notes); 1,700 steps take ~220 s on 2 Xeon cores, ~13 min on a shared 2-core VM at load ~6
+# <= 1.70 within 15 minutes on 2 CPU cores: the best of 8 configurations swept at equal CPU time at the lowest
+# budget (2026-11-26); 1,700 steps: ~220 s of training on 2 pinned Xeon cores (7.7 steps/s), 12.6 min on the
+# shared 2-core VM at load ~7 (val 1.644, test 1.739, valid+test 1.691)
 GPT_15MIN = ("--layers 4 --heads 4 --width 128 --context 64 --batch-size 32 --max-steps 1700 --lr 2e-3 "
              "--min-lr 2e-4 --warmup-steps 100 --eval-every 250")
 
