@@ -154,14 +154,16 @@ def test_gpt_config_old_runs_keep_biases_and_decay_to_zero():
     assert any(name.endswith("bias") for name, _ in build(old, 5).named_parameters())
 
 
-def test_gpt_learning_rate_follows_nanogpts_schedule(real_data, tmp_runs):
+def test_gpt_learning_rate_follows_nanogpts_schedule(tmp_path, tmp_runs):
     """Logged lr at step t (after t optimizer steps; the step t-1 used it): warm-up lr t/W, then
     min + (lr - min)(1 + cos(pi u))/2 with u = (t-1-W)/(T-W) (nanoGPT's get_lr, decay to --min-lr at the end)."""
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be, that is the question.\n" * 200)
     algo = registry.get("gpt")
     lr, lo, W, T = 1e-3, 1e-4, 2, 10
-    config = algo.config_cls(**{**algo.tiny, "max_steps": T, "warmup_steps": W, "lr": lr, "min_lr": lo,
-                                "log_every": 1, "eval_every": 5, "samples": 0, "out_dir": str(tmp_runs),
-                                "progress": False, "device": "cpu"})
+    config = algo.config_cls(**{**algo.tiny, "dataset": f"text:{text}", "max_steps": T, "warmup_steps": W,
+                                "lr": lr, "min_lr": lo, "log_every": 1, "eval_every": 5, "samples": 0,
+                                "out_dir": str(tmp_runs), "progress": False, "device": "cpu"})
     run_dir = algo.train(config)["run_dir"]
     logged = {}
     for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
