@@ -21,6 +21,7 @@ import tempfile
 import time
 
 import numpy as np
+import torch
 
 from mlcanon.bench import Row, bench
 
@@ -114,6 +115,15 @@ def _load() -> str:
        description="PPO, DQN, A2C vs Stable-Baselines3 (same run): env steps and wall-clock to eval return 475 on "
                    "CartPole-v1 (seeds 0-2, median)")
 def deep_rl_cartpole() -> list[Row]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)               # one thread per side: SB3's faster setting (the peer's fastest)
+    try:
+        return _deep_rl_cartpole_rows()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _deep_rl_cartpole_rows() -> list[Row]:
     have_sb3 = sb3_available()
     rows = []
     for name in ("ppo", "dqn", "a2c"):
