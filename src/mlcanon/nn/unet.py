@@ -33,7 +33,7 @@ from torch import nn
 from mlcanon.errors import UserError
 from mlcanon.nn.attention import MultiHeadAttention
 
-__all__ = ["SelfAttention2d", "UNet", "timestep_embedding"]
+__all__ = ["SelfAttention2d", "UNet", "label_embedding", "timestep_embedding"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -44,6 +44,22 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float().reshape(-1, 1) * freqs.view(1, -1)  # t * w_k
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+def label_embedding(label_emb: nn.Embedding | None, num_classes: int, y: torch.Tensor | None, N: int,
+                    device: torch.device, who: str = "UNet") -> torch.Tensor | None:
+    """E[y] [N, emb] for labels y [N] in 0..num_classes, where row ``num_classes`` is the null label (used for every
+    example when y is None: classifier-free guidance's unconditional branch); None for a net without labels."""
+    if label_emb is None:
+        if y is not None:
+            raise ValueError(f"this {who} was built without num_classes: it takes no labels")
+        return None
+    if y is None:
+        y = torch.full((N,), num_classes, dtype=torch.long, device=device)  # the null label
+    elif y.shape != (N,):   # values are checked by the embedding lookup
+        raise ValueError(f"{who}: labels must be [N] in 0..{num_classes} ({num_classes} = null), "
+                         f"got shape {tuple(y.shape)}")
+    return label_emb(y)  # E[y]
 
 
 def _group_norm(channels: int, norm: str) -> nn.Module:
@@ -185,16 +201,9 @@ class UNet(nn.Module):
                 raise UserError("this UNet was built with cond_dim > 0: call it as unet(x, t, cond)")
             c = self.cond_mlp(cond)
             emb = c if emb is None else emb + c
-        if self.label_emb is not None:
-            if y is None:
-                y = torch.full((N,), self.num_classes, dtype=torch.long, device=x.device)  # the null label
-            elif y.shape != (N,):   # values are checked by the embedding lookup
-                raise ValueError(f"UNet: labels must be [N] in 0..{self.num_classes} ({self.num_classes} = null), "
-                                 f"got shape {tuple(y.shape)}")
-            c = self.label_emb(y)  # emb += E[y]
-            emb = c if emb is None else emb + c
-        elif y is not None:
-            raise ValueError("this UNet was built without num_classes: it takes no labels")
+        c = label_embedding(self.label_emb, self.num_classes, y, N, x.device)
+        if c is not None:
+            emb = c if emb is None else emb + c  # emb += E[y]
         skips = []
         h = x
         for i, (block, attn) in enumerate(zip(self.down, self.down_attn)):

@@ -141,3 +141,21 @@ def test_old_runs_keep_the_compact_unet_and_new_runs_reload(tmp_runs):
     model = load_model(new)                                             # strict load of the saved weights
     assert isinstance(model.net.unet, DDPMUNet) and model.net.unet.num_res_blocks == 1
     assert model.sample(2, torch.tensor([1, 10]), sampler="ddim", steps=3).shape == (2, 1, 8, 8)
+
+
+def test_null_label_and_label_errors_are_the_compact_unets():
+    """Both U-Nets condition through nn.unet.label_embedding: y=None is the null label K, labels must be [N], and a
+    net without classes refuses labels."""
+    torch.manual_seed(0)
+    net = DDPMUNet(1, 1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), heads=2,
+                   num_classes=10)
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([1, 5, 9])
+    null = torch.full((3,), 10)
+    torch.testing.assert_close(net(x, t), net(x, t, y=null))
+    assert not torch.allclose(net(x, t, y=torch.tensor([1, 2, 3])), net(x, t, y=null))
+    for model in (net, UNet(1, 1, 8, depth=1, time_dim=16, num_classes=10)):
+        with pytest.raises(ValueError, match=r"labels must be \[N\]"):
+            model(x, t, y=torch.zeros(3, 1, dtype=torch.long))
+    plain = DDPMUNet(1, 1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_levels=(), heads=2)
+    with pytest.raises(ValueError, match="takes no labels"):
+        plain(x, t, y=null)

@@ -35,7 +35,7 @@ from mlcanon.generative.diffusion.samplers import (
     make_sampler,
 )
 from mlcanon.generative.diffusion.schedules import PREDICTIONS, SCHEDULES, NoiseSchedule, _at
-from mlcanon.nn.unet import SelfAttention2d, UNet, _ResBlock, timestep_embedding
+from mlcanon.nn.unet import SelfAttention2d, UNet, _ResBlock, label_embedding, timestep_embedding
 from mlcanon.training import TrainConfig
 
 
@@ -243,12 +243,9 @@ class DDPMUNet(nn.Module):
                              f"{tuple(x.shape[-2:])}")
         t = t.reshape(-1).expand(N) if t.numel() == 1 else t
         emb = self.time_mlp(timestep_embedding(t, self.time_dim).to(x.dtype))              # phi(t)
-        if self.label_emb is not None:
-            if y is None:
-                y = torch.full((N,), self.num_classes, dtype=torch.long, device=x.device)  # the null label
-            emb = emb + self.label_emb(y)                                                  # + E[y]
-        elif y is not None:
-            raise ValueError("this DDPMUNet was built without num_classes: it takes no labels")
+        c = label_embedding(self.label_emb, self.num_classes, y, N, x.device, "DDPMUNet")
+        if c is not None:
+            emb = emb + c                                                                  # + E[y]
         n = self.num_res_blocks
         h = self.conv_in(x)
         hs = [h]
