@@ -186,10 +186,14 @@ class HalfAffineCoupling(FlowLayer):
         return torch.cat((ya, (yb - t) * torch.exp(-s)), 1), -sum_except_batch(s)   # x_b = (y_b - t) / s
 
 
+def has_fused_path(layer) -> bool:
+    """A vector coupling with an MLP conditioner: the layers :func:`fused_vector_forward` runs as one node."""
+    return isinstance(layer, AffineCoupling) and isinstance(layer.net, MLPNet)
+
+
 def _fusable(layer, x: torch.Tensor) -> bool:
-    """A vector coupling with an MLP conditioner, outside autocast (its hand-written backward assumes one dtype)."""
-    return (isinstance(layer, AffineCoupling) and isinstance(layer.net, MLPNet) and x.dim() == 2
-            and not torch.is_autocast_enabled(x.device.type))
+    """:func:`has_fused_path` on vectors, outside autocast (its hand-written backward assumes one dtype)."""
+    return has_fused_path(layer) and x.dim() == 2 and not torch.is_autocast_enabled(x.device.type)
 
 
 def fused_vector_forward(layers, x: torch.Tensor):

@@ -15,7 +15,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
-from mlcanon.generative.flows.coupling import AffineCoupling, MLPNet, fused_vector_forward
+from mlcanon.generative.flows.coupling import fused_vector_forward, has_fused_path
 from mlcanon.generative.flows.layers import FlowLayer, FlowSequence
 from mlcanon.metrics.likelihood import bits_per_dim
 
@@ -34,7 +34,7 @@ class Flow(nn.Module):
         super().__init__()
         self.flow = FlowSequence(layers)
         # vector couplings with an MLP conditioner (and the ActNorm after each) run as fused autograd nodes
-        self._fused = any(isinstance(m, AffineCoupling) and isinstance(m.net, MLPNet) for m in self.flow.layers)
+        self._fused = any(has_fused_path(m) for m in self.flow.layers)
         self.data_shape = tuple(data_shape)
         self.z_shape = tuple(z_shape) if z_shape is not None else self.data_shape
         self.num_dims = math.prod(self.data_shape)
