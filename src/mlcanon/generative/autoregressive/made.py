@@ -36,13 +36,17 @@ from mlcanon.generative.autoregressive.binary_images import (
     ImageHooks,
     ImageSampleOptions,
     bernoulli_log_prob,
+    init_bias_to_marginals,
     nll_loss,
     train_image_model,
 )
 from mlcanon.nn.masked import MaskedLinear
 from mlcanon.registry import config_of, register
 from mlcanon.runs import Run
-from mlcanon.training import generator
+from mlcanon.training import LR_SCHEDULES, generator
+
+# defaults of `mlcanon train made` (binarized MNIST, 500 units, one mask): see MADEConfig
+EPOCHS, LR = 30, 3e-3
 
 
 def ordering(spec: str | Sequence[int] | torch.Tensor | None, D: int, seed: int = 0) -> torch.Tensor:
@@ -74,7 +78,7 @@ class MADE(nn.Module):
     def __init__(self, in_features: int, hidden_sizes: Sequence[int] = (500,), out_multiplier: int = 1,
                  order: str | Sequence[int] | torch.Tensor | None = None, *, num_masks: int = 1,
                  order_agnostic: bool = False, context_features: int = 0, seed: int = 0,
-                 activation: type[nn.Module] = nn.ReLU):
+                 activation: type[nn.Module] = nn.ReLU, direct: bool = False):
         super().__init__()
         if in_features < 1 or out_multiplier < 1 or num_masks < 1 or not hidden_sizes:
             raise ValueError("MADE needs in_features >= 1, out_multiplier >= 1, num_masks >= 1 and a hidden layer")
@@ -83,6 +87,11 @@ class MADE(nn.Module):
         self.num_masks, self.order_agnostic, self.seed = num_masks, order_agnostic, seed
         self.hidden = nn.ModuleList(MaskedLinear(a, b) for a, b in itertools.pairwise(sizes))
         self.output = MaskedLinear(sizes[-1], out_multiplier * D)
+        # direct input -> output connection (Germain et al.'s code, direct_input_connect="Output"): a masked
+        # D x D linear map, an FVSBN inside the MADE, mask 1[m^0(d) > m^0(e)]; starts at zero
+        self.direct = MaskedLinear(D, out_multiplier * D, bias=False) if direct else None
+        if self.direct is not None:
+            nn.init.zeros_(self.direct.weight)
         self.context = nn.Linear(context_features, sizes[1], bias=False) if context_features else None
         self.act = activation()
         self.register_buffer("base_order", ordering(order, D, seed))
@@ -109,6 +118,8 @@ class MADE(nn.Module):
             layer.set_mask((m[:, None] >= m_prev[None, :]).float())                 # M^l = 1[m^l >= m^{l-1}]
         out_deg = m0.repeat(self.out_multiplier)                                    # row j*D + d is for dim d
         self.output.set_mask((out_deg[:, None] > degrees[-1][None, :]).float())     # M^V = 1[m^0 > m^L]
+        if self.direct is not None:
+            self.direct.set_mask((out_deg[:, None] > m0[None, :]).float())          # M^A = 1[m^0(d) > m^0(e)]
         self.order.copy_(order.to(self.order.device))
         self.degrees.copy_(m0.to(self.degrees.device))
         self.current_mask = index
@@ -133,18 +144,21 @@ class MADE(nn.Module):
                     raise ValueError("this MADE was built with context_features: pass context")
                 a = a + self.context(context)
             h = self.act(a)
-        return self.output(h).view(B, self.out_multiplier, D)   # (V * M^V) h + c
+        out = self.output(h)                                    # (V * M^V) h + c
+        if self.direct is not None:
+            out = out + self.direct(x)                          # + (A * M^A) x
+        return out.view(B, self.out_multiplier, D)
 
 
 class BinaryMADE(nn.Module):
     """MADE as a density of binary images: p(x_d = 1 | x_<d) = sigmoid(MADE(x)_d)."""
 
     def __init__(self, image_shape: Sequence[int], hidden_sizes: Sequence[int] = (500,), *, order="natural",
-                 num_masks: int = 1, order_agnostic: bool = False, seed: int = 0):
+                 num_masks: int = 1, order_agnostic: bool = False, seed: int = 0, direct: bool = False):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.made = MADE(math.prod(image_shape), hidden_sizes, 1, order, num_masks=num_masks,
-                         order_agnostic=order_agnostic, seed=seed)
+                         order_agnostic=order_agnostic, seed=seed, direct=direct)
 
     @property
     def generation_order(self) -> torch.Tensor:
@@ -197,7 +211,12 @@ class MADEConfig(BinaryImageConfig):
     num_masks: int = option(1, "mask sets cycled through during training (1: one fixed MADE)", min=1)
     order_agnostic: bool = option(False, "each mask set also draws its own input ordering")
     order: str = option("natural", "ordering of the first mask set", choices=("natural", "reverse", "random"))
+    direct: bool = option(True, "direct masked input -> output weights (Germain et al.'s code, an FVSBN inside)")
+    init_bias: bool = option(True, "start the output biases at the logits of the training marginals")
     batch_size: int = option(100, "global mini-batch size", min=1)
+    epochs: int = option(EPOCHS, "passes over the training set", min=1)
+    lr: float = option(LR, "peak learning rate (Adam; 1e-3 converges several times slower)", min=0.0)
+    lr_schedule: str = option("cosine", "learning-rate decay after warm-up", choices=LR_SCHEDULES)
 
     def check(self) -> None:
         super().check()
@@ -207,13 +226,14 @@ class MADEConfig(BinaryImageConfig):
 
 def build(config: MADEConfig) -> BinaryMADE:
     return BinaryMADE((1, 28, 28), config.hidden, order=config.order, num_masks=config.num_masks,
-                      order_agnostic=config.order_agnostic, seed=config.seed)
+                      order_agnostic=config.order_agnostic, seed=config.seed, direct=config.direct)
 
 
 def train(config: MADEConfig, run: Run | None = None) -> dict:
-    """Maximum likelihood with the masks cycled per step; best by validation NLL (ensemble of the masks)."""
+    """Maximum likelihood with the masks cycled per step; best by validation NLL."""
     run = Run.start("made", config, run)
-    return train_image_model("made", config, run, build(config))
+    init = (lambda model, x: init_bias_to_marginals(model.made.output.bias, x)) if config.init_bias else None
+    return train_image_model("made", config, run, build(config), init=init)
 
 
 @dataclasses.dataclass
