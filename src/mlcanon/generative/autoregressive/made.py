@@ -46,7 +46,7 @@ from mlcanon.runs import Run
 from mlcanon.training import LR_SCHEDULES, generator
 
 # defaults of `mlcanon train made` (binarized MNIST, 500 units, one mask): see MADEConfig
-EPOCHS, LR = 30, 3e-3
+EPOCHS, LR = 30, 5e-3
 
 
 def ordering(spec: str | Sequence[int] | torch.Tensor | None, D: int, seed: int = 0) -> torch.Tensor:
