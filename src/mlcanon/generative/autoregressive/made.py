@@ -9,6 +9,9 @@ layer l gets m^l(k) drawn uniformly in {min_k' m^{l-1}(k'), ..., D - 1}. Masks (
     M^l[k, k']   = 1[m^l(k) >= m^{l-1}(k')]      (hidden layers)
     M^V[d, k]    = 1[m^0(d) >  m^L(k)]           (output: strictly greater, so output d never sees x_d)
 
+Direct connection (``direct``; Germain et al.'s code, ``direct_input_connect="Output"``): the output also gets
+(A * M^A) x with M^A[d, e] = 1[m^0(d) > m^0(e)], a fully visible sigmoid belief net beside the hidden path.
+
 Connectivity-agnostic / order-agnostic training (section 4.2): with ``num_masks`` > 1 the training steps cycle
 through ``num_masks`` mask sets (each drawn from its own seeded stream; with ``order_agnostic`` each also draws
 its own ordering), and at test time the ensemble averages the probabilities of the masks:
@@ -214,7 +217,8 @@ class MADEConfig(BinaryImageConfig):
     direct: bool = option(True, "direct masked input -> output weights (Germain et al.'s code, an FVSBN inside)")
     init_bias: bool = option(True, "start the output biases at the logits of the training marginals")
     batch_size: int = option(100, "global mini-batch size", min=1)
-    epochs: int = option(EPOCHS, "passes over the training set", min=1)
+    epochs: int = option(EPOCHS, "passes over the training set (500 units, one mask: validation NLL is within "
+                                 "0.4 nats of its best from epoch 4 on, the training NLL keeps falling)", min=1)
     lr: float = option(LR, "peak learning rate (Adam; 1e-3 converges several times slower)", min=0.0)
     lr_schedule: str = option("cosine", "learning-rate decay after warm-up", choices=LR_SCHEDULES)
 
