@@ -141,3 +141,29 @@ def test_algorithm1_loop_k_steps_clipping_and_checkpoint(tmp_runs):
     d_steps = {int(s["step"]) for s in ck["opt_d"]["state"].values()}
     g_steps = {int(s["step"]) for s in ck["opt_g"]["state"].values()}
     assert d_steps == {12} and g_steps == {4}                                # k = 3 D-steps per G-step
+
+
+def test_mlp_generator_batch_norm_on_images_only():
+    """--g-norm auto: batch norm in the MLP generator on images (Radford et al. 2016, sec. 3: it keeps the
+    generator from collapsing all samples to one point, which the plain MLP GAN did on MNIST), none on toy2d,
+    whose weight names stay those of the plain network (older runs still load)."""
+    toy = GAN(GANConfig(hidden=8, latent=2), (2,))
+    assert [n for n, _ in toy.G.named_parameters()] == [f"net.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in toy.G.modules())
+    img = GAN(GANConfig(dataset="mnist", hidden=8, latent=2), (1, 28, 28))
+    bns = [m for m in img.G.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(bns) == 2
+    assert GAN(GANConfig(hidden=8, latent=2, g_norm="on"), (2,)).G.net[1].__class__ is nn.BatchNorm1d
+    assert not any(isinstance(m, nn.BatchNorm1d)
+                   for m in GAN(GANConfig(hidden=8, latent=2, g_norm="off"), (1, 28, 28)).G.modules())
+    # in training mode each hidden unit is standardized over the batch before its ReLU: mean 0, variance 1
+    torch.manual_seed(0)
+    acts = []
+    hook = bns[0].register_forward_hook(lambda m, i, o: acts.append(o.detach()))
+    img.G.train()
+    x = img.G(torch.randn(256, 2))
+    hook.remove()
+    h = acts[0].double()
+    assert x.shape == (256, 1, 28, 28) and float(x.min()) >= 0 and float(x.max()) <= 1
+    assert torch.allclose(h.mean(0), torch.zeros(8, dtype=torch.double), atol=1e-5)
+    assert torch.allclose(h.var(0, unbiased=False), torch.ones(8, dtype=torch.double), atol=1e-3)

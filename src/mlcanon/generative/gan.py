@@ -101,13 +101,15 @@ class Generator(nn.Module):
     (linear to 2c x H/4 x W/4, two stride-2 transposed convs, batch norm except at the output)."""
 
     def __init__(self, latent: int, out_shape: tuple[int, ...], *, arch: str, hidden: int, channels: int,
-                 n_cond: int = 0, bounded: bool = True):
+                 n_cond: int = 0, bounded: bool = True, mlp_norm: bool = False):
         super().__init__()
         self.out_shape, self.n_cond = tuple(out_shape), n_cond
         out_act = nn.Sigmoid() if bounded else nn.Identity()        # images in [0, 1]; toy points unbounded
-        if arch == "mlp":
-            self.net = nn.Sequential(nn.Linear(latent + n_cond, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                                     nn.ReLU(), nn.Linear(hidden, math.prod(out_shape)), out_act)
+        if arch == "mlp":   # mlp_norm: batch norm after each hidden linear layer (Radford et al. 2016, sec. 3)
+            def block(n_in: int) -> list[nn.Module]:   # (no Identity placeholders: the weight names stay)
+                return [nn.Linear(n_in, hidden), *([nn.BatchNorm1d(hidden)] if mlp_norm else []), nn.ReLU()]
+            self.net = nn.Sequential(*block(latent + n_cond), *block(hidden),
+                                     nn.Linear(hidden, math.prod(out_shape)), out_act)
         else:
             C, H, W = out_shape
             c = channels
@@ -195,6 +197,9 @@ class GANConfig(CommonConfig):
     unroll: int = option(0, "unrolled GAN: look-ahead discriminator steps the generator differentiates through",
                          min=0)
     unroll_lr: float = option(0.0, "unrolled GAN: SGD step size of the look-ahead (0: --d-lr)", min=0.0)
+    g_norm: str = option("auto", "batch norm in the MLP generator's hidden layers: on, off, or auto (on for "
+                                 "images, where the plain MLP generator collapses to one sample; off for toy2d)",
+                         choices=("auto", "on", "off"))
 
     def check(self) -> None:
         if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
@@ -261,7 +266,9 @@ class GAN(nn.Module):
         cond = config.condition
         self.num_classes = num_classes if cond in ("cgan", "acgan") else (config.info_codes if cond == "infogan" else 0)
         kw = {"arch": config.arch, "hidden": config.hidden, "channels": config.channels}
-        self.G = Generator(config.latent, data_shape, n_cond=self.num_classes, bounded=image, **kw)
+        mlp_norm = config.g_norm == "on" or (config.g_norm == "auto" and image)
+        self.G = Generator(config.latent, data_shape, n_cond=self.num_classes, bounded=image, mlp_norm=mlp_norm,
+                           **kw)
         self.D = Discriminator(data_shape, n_cond=num_classes if cond == "cgan" else 0,
                                n_aux=num_classes if cond == "acgan" else 0,
                                n_q=config.info_codes if cond == "infogan" else 0,
