@@ -12,7 +12,7 @@ x_<i); sampling runs the recursion one pixel at a time, feeding each sampled x_i
 Teacher forcing as written (an exclusive ``cumsum`` over i) materializes several [B, D, H] tensors for autograd
 (about 2 s per step at B = 100, D = 784, H = 500 on one CPU core). :class:`NADELogits` runs the same recursion
 over blocks of K pixels and keeps only a_i at the block starts; its hand-written backward recomputes each block's
-h_i and carries the reverse recursion for S_i = dL/da_{i+1} + ... (the gradient flowing back into a_i's inputs):
+h_i and runs the recursion backwards, carrying S_j (the gradient reaching the term W_{:,j} x_j of every later a_i):
 
     G_i = dL/dlogit_i * V_i * h_i (1 - h_i)             (dL/da_i through conditional i alone)
     S_j = sum_{i > j} G_i                               (every later a_i contains W_{:,j} x_j)
@@ -133,7 +133,8 @@ class NADE(nn.Module):
     def logits(self, x: torch.Tensor, y=None) -> torch.Tensor:
         """b_i + V_i . sigmoid(a_i) for every i [B, D], by blocks of ``block`` pixels (:class:`NADELogits`)."""
         xf = x.reshape(x.shape[0], -1).to(self.W.dtype)
-        return NADELogits.apply(xf, self.W, self.c, self.V, self.b, self.block)
+        with torch.autocast(xf.device.type, enabled=False):        # the Function writes into buffers of W's dtype
+            return NADELogits.apply(xf, self.W, self.c, self.V, self.b, self.block)
 
     def logits_cumsum(self, x: torch.Tensor) -> torch.Tensor:
         """The same logits by the plain formula, autograd through a [B, D, H] cumsum (slow; for reference)."""
