@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from mlcanon.devices import resolve_device
 from mlcanon.generative.diffusion.ddpm import (
     DDPMSampleOptions,
     _data_of,
@@ -54,7 +55,8 @@ def load_avg() -> str:
 
 
 def cmd_sample(a) -> None:
-    model = load_model(a.run_dir)
+    device = resolve_device(a.device)
+    model = load_model(a.run_dir).to(device)
     out = Path(a.out) / tag_of(a.sampler, a.steps, a.guidance)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"run_dir": str(a.run_dir), "sampler": a.sampler, "steps": a.steps if a.sampler == "ddim" else
@@ -68,7 +70,7 @@ def cmd_sample(a) -> None:
         k = min(a.chunk, a.n - i)
         so.seed = a.seed * 1_000_003 + i          # as mlcanon eval: every chunk its own stream
         t0 = time.time()
-        x, labels, _, _ = generate(model, k, so)
+        x, labels, _, _ = generate(model, k, so, device=device)
         dt = time.time() - t0
         torch.save({"x": ((x + 1) / 2).float(), "labels": labels, "seconds": dt, "load": load_avg()}, f)
         print(f"{out.name} chunk {i}: {k} samples in {dt:.1f} s ({k / dt:.2f} samples/s), load {load_avg()}",
@@ -108,7 +110,8 @@ def cmd_metrics(a) -> None:
 
 
 def cmd_bound(a) -> None:
-    model = load_model(a.run_dir)
+    device = resolve_device(a.device)
+    model = load_model(a.run_dir).to(device)
     config = config_of(a.run_dir, "ddpm")
     test = _data_of(config, "test", subset=0)
     n = min(a.examples, len(test.x))
@@ -117,10 +120,10 @@ def cmd_bound(a) -> None:
     t0 = time.time()
     with torch.no_grad():
         for i in range(0, n, a.batch_size):
-            xb, yb = test.x[i:min(i + a.batch_size, n)], test.y[i:min(i + a.batch_size, n)]
+            xb, yb = test.x[i:min(i + a.batch_size, n)].to(device), test.y[i:min(i + a.batch_size, n)].to(device)
             terms = model.variational_bound(xb, yb if model.num_classes else None, t_samples=a.t_samples,
                                             decoder="discrete", generator=g)
-            totals.append(terms["total"].double())
+            totals.append(terms["total"].double().cpu())
             for k in parts:
                 parts[k] += float(terms[k].double().sum())
     tot = torch.cat(totals)
@@ -179,6 +182,7 @@ def main() -> None:
     s.add_argument("-n", type=int, default=2000)
     s.add_argument("--chunk", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     m = sub.add_parser("metrics")
     m.add_argument("out")
     m.add_argument("--limit", type=int, default=0)
@@ -189,6 +193,7 @@ def main() -> None:
     b.add_argument("--t-samples", type=int, default=32)
     b.add_argument("--batch-size", type=int, default=250)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     pl = sub.add_parser("plot")
     pl.add_argument("out")
     pl.add_argument("--sampler", default="ddim")
