@@ -393,8 +393,9 @@ class GaussianDiffusion(nn.Module):
                           generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Per-example terms of eq. 5 in nats: ``prior`` L_T, ``diffusion`` sum of L_{t-1} (t = 2..T; exact over
         every t when ``t_samples`` = 0, else the unbiased estimate (T - 1) mean_k L_{t_k - 1} over ``t_samples``
-        uniform draws), ``decoder`` L_0 = -log p(x_0 | x_1), and ``total``. ``decoder`` "discrete" is eq. 13 for
-        8-bit data in [-1, 1]; "gaussian" is the density N(x_0; mu, sigma_1^2) for continuous data."""
+        uniform draws of t, drawn apart for every example so the per-example estimates are independent),
+        ``decoder`` L_0 = -log p(x_0 | x_1), and ``total``. ``decoder`` "discrete" is eq. 13 for 8-bit data in
+        [-1, 1]; "gaussian" is the density N(x_0; mu, sigma_1^2) for continuous data."""
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}")
         s, B, dev = self.schedule, x0.shape[0], x0.device
@@ -403,8 +404,7 @@ class GaussianDiffusion(nn.Module):
             g_dev = generator.device if generator is not None else dev
             return torch.randn(shape, generator=generator, device=g_dev, dtype=x0.dtype).to(dev)
 
-        def kl_term(t_idx: int) -> torch.Tensor:   # L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)), [B]
-            t = torch.full((B,), t_idx, dtype=torch.long, device=dev)
+        def kl_term(t: torch.Tensor) -> torch.Tensor:   # L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)), [B]
             x_t = s.q_sample(x0, t, draw(x0.shape))
             q_mean, _, q_logvar = s.q_posterior(x0, x_t, t)
             p_mean, p_logvar = self._p_mean_logvar(x_t, t, y, variance)
@@ -418,11 +418,11 @@ class GaussianDiffusion(nn.Module):
         if T == 1:
             diffusion = torch.zeros(B, device=dev, dtype=x0.dtype)
         elif t_samples == 0:
-            diffusion = sum(kl_term(t) for t in range(1, T))
-        else:
+            diffusion = sum(kl_term(torch.full((B,), t, dtype=torch.long, device=dev)) for t in range(1, T))
+        else:   # t_k ~ U{2..T} for each example and draw k
             g_dev = generator.device if generator is not None else "cpu"
-            ts = torch.randint(1, T, (t_samples,), generator=generator, device=g_dev).tolist()
-            diffusion = (T - 1) * sum(kl_term(t) for t in ts) / t_samples
+            ts = torch.randint(1, T, (t_samples, B), generator=generator, device=g_dev).to(dev)
+            diffusion = (T - 1) * sum(kl_term(ts[k]) for k in range(t_samples)) / t_samples
         t0 = torch.zeros(B, dtype=torch.long, device=dev)
         x_1 = s.q_sample(x0, t0, draw(x0.shape))
         mean0, logvar0 = self._p_mean_logvar(x_1, t0, y, variance)
