@@ -72,7 +72,9 @@ def cmd_sample(a) -> None:
         t0 = time.time()
         x, labels, _, _ = generate(model, k, so, device=device)
         dt = time.time() - t0
-        torch.save({"x": ((x + 1) / 2).float(), "labels": labels, "seconds": dt, "load": load_avg()}, f)
+        tmp = f.with_suffix(".tmp")                # written whole, then renamed: a stopped run leaves no half chunk
+        torch.save({"x": ((x + 1) / 2).float(), "labels": labels, "seconds": dt, "load": load_avg()}, tmp)
+        tmp.rename(f)
         print(f"{out.name} chunk {i}: {k} samples in {dt:.1f} s ({k / dt:.2f} samples/s), load {load_avg()}",
               flush=True)
 
