@@ -78,11 +78,11 @@ def mode_coverage() -> list[Row]:
 MNIST_GANS = [("dcgan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 1800"),
               ("gan", "--dataset mnist --arch mlp --latent 64 --hidden 512 --batch-size 128 --max-steps 20000",
                "--dataset mnist --arch mlp --latent 64 --hidden 512 --batch-size 128 --max-steps 8000"),
-              ("cgan", "--dataset mnist --hidden 512 --max-steps 20000", "--hidden 512 --max-steps 6000"),
-              ("acgan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 1500"),
-              ("wgan-gp", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 200"),
-              ("wgan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 250"),
-              ("infogan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 900")]
+              ("cgan", "--dataset mnist --hidden 512 --max-steps 20000", "--hidden 512 --max-steps 8000"),
+              ("acgan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 1000"),
+              ("wgan-gp", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 120"),
+              ("wgan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 150"),
+              ("infogan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 600")]
 GAN_EVAL = ["--num-samples", "2000"]
 
 
