@@ -38,6 +38,7 @@ from mlcanon.devices import resolve_device
 from mlcanon.generative.diffusion.ddpm import (
     DDPMSampleOptions,
     _data_of,
+    chunk_seed,
     generate,
     load_model,
     sample_metrics,
@@ -68,7 +69,7 @@ def cmd_sample(a) -> None:
         if f.exists():
             continue
         k = min(a.chunk, a.n - i)
-        so.seed = a.seed * 1_000_003 + i          # as mlcanon eval: every chunk its own stream
+        so.seed = chunk_seed(a.seed, i)           # as mlcanon eval: every chunk its own stream
         t0 = time.time()
         x, labels, _, _ = generate(model, k, so, device=device)
         dt = time.time() - t0

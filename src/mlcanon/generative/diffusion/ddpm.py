@@ -278,6 +278,11 @@ def bound_metrics(model: GaussianDiffusion, data: DiffusionData, options: DDPMEv
     return out
 
 
+def chunk_seed(seed: int, start: int) -> int:
+    """The seed of the sample chunk that starts at sample ``start``: every chunk its own stream."""
+    return seed * 1_000_003 + start
+
+
 def evaluate(run_dir: str | Path, options: DDPMEvalOptions | None = None) -> dict:
     """Variational bound on the test set; for MNIST also FID / precision / recall / label accuracy."""
     options = options or DDPMEvalOptions()
@@ -296,7 +301,7 @@ def evaluate(run_dir: str | Path, options: DDPMEvalOptions | None = None) -> dic
             xs, labels = [], []
             for i in range(0, options.num_samples, options.batch_size):
                 k = min(options.batch_size, options.num_samples - i)
-                so.seed = options.seed * 1_000_003 + i      # every chunk its own stream
+                so.seed = chunk_seed(options.seed, i)
                 x, lab, _, _ = generate(model, k, so, device=device)
                 xs.append(x)
                 labels.append(lab if lab is not None else None)
