@@ -78,8 +78,9 @@ def mode_coverage() -> list[Row]:
 MNIST_GANS = [("dcgan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 1800"),
               ("gan", "--dataset mnist --arch mlp --latent 64 --hidden 512 --batch-size 128 --max-steps 20000",
                "--dataset mnist --arch mlp --latent 64 --hidden 512 --batch-size 128 --max-steps 8000"),
-              ("cgan", "--dataset mnist --hidden 512 --max-steps 20000", "--hidden 512 --max-steps 8000"),
-              ("acgan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 1000"),
+              # cgan: label accuracy 78.7 / 85.7 / 96.0% after 4,000 / 8,000 / 24,000 steps on one thread
+              ("cgan", "--dataset mnist --hidden 512 --max-steps 24000", "--hidden 512 --max-steps 24000"),
+              ("acgan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 6000"),
               ("wgan-gp", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 120"),
               ("wgan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 150"),
               ("infogan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 600")]
