@@ -80,7 +80,8 @@ MNIST_GANS = [("dcgan", "--dataset mnist --max-steps 20000", "--channels 32 --ma
                "--dataset mnist --arch mlp --latent 64 --hidden 512 --batch-size 128 --max-steps 8000"),
               # cgan: label accuracy 78.7 / 85.7 / 96.0% after 4,000 / 8,000 / 24,000 steps on one thread
               ("cgan", "--dataset mnist --hidden 512 --max-steps 24000", "--hidden 512 --max-steps 24000"),
-              ("acgan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 6000"),
+              # acgan (half width): label accuracy 55.7 / 90.6 / 95.6% after 1,000 / 6,000 / 10,000 steps
+              ("acgan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 10000"),
               ("wgan-gp", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 120"),
               ("wgan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 150"),
               ("infogan", "--dataset mnist --max-steps 20000", "--channels 32 --max-steps 600")]
