@@ -112,3 +112,27 @@ def test_cli_train_eval_sample(tmp_runs, real_data, capsys):
     for f in ("samples.png", "reconstructions.png", "latent.png", "interpolations.png", "traversals.png"):
         assert os.path.exists(os.path.join(run_dir, f)), f
     assert json.loads(Path(run_dir, "result.json").read_text())["test_elbo"] < 0
+
+
+def test_eval_on_another_dataset_scores_its_images(tmp_runs, real_data, capsys):
+    """A run trained on grey MNIST with --binarize dynamic is scored on the fixed binarized-MNIST test set."""
+    from mlcanon.cli import main
+    from mlcanon.data import load
+    from mlcanon.generative.vae import VAEEvalOptions, evaluate, load_model
+    from mlcanon.errors import UserError
+    assert main(["train", "vae", "--dataset", "mnist", "--binarize", "dynamic", "--hidden", "16", "--latent", "2",
+                 "--max-steps", "4", "--train-subset", "128", "--val-subset", "32", "--batch-size", "32",
+                 "--out-dir", str(tmp_runs), "--progress", "false"]) == 0
+    run_dir = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    ev = evaluate(run_dir, VAEEvalOptions(dataset="binarized-mnist", iwae_k=3, num_examples=40))
+    assert ev["dataset"] == "binarized-mnist" and ev["n"] == 40
+    x = load("binarized-mnist", "test", data_dir=real_data).x[:40]
+    model = load_model(run_dir)
+    torch.manual_seed(0)                                   # evaluate draws its ELBO noise after manual_seed(seed)
+    with torch.no_grad():
+        ref = float(model.elbo(x).double().mean())
+    assert ev["test/elbo"] == pytest.approx(ref, rel=1e-6)
+    own = evaluate(run_dir, VAEEvalOptions(iwae_k=3, num_examples=40))   # the run's own fixed-seed binarization
+    assert own["dataset"] == "mnist" and own["test/elbo"] != ev["test/elbo"]
+    with pytest.raises(UserError, match="shape"):
+        evaluate(run_dir, VAEEvalOptions(dataset="digits", iwae_k=3, num_examples=4))

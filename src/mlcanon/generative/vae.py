@@ -357,6 +357,9 @@ class VAEEvalOptions(EvalOptions):
     """Options of `mlcanon eval` on a VAE run."""
 
     split: str = option("test", "which split to score", choices=("test", "valid"))
+    dataset: str = option("", "score this data set's split instead of the run's (same image shape), e.g. "
+                              "binarized-mnist (the fixed binarization) for a run trained on mnist with "
+                              "--binarize dynamic; empty: the run's own", choices=("",) + IMAGE_DATASETS)
     iwae_k: int = option(1000, "importance samples of the IWAE bound (5000 for the published figure)", min=1)
     num_examples: int = option(0, "score only the first N examples (0: all)", min=0)
     batch_size: int = option(100, "examples per IWAE batch", min=1)
@@ -371,7 +374,15 @@ def evaluate(run_dir: str | Path, options: VAEEvalOptions | None = None) -> dict
     name, config = _config(run_dir)
     device = resolve_device(options.device)
     model = load_model(run_dir, config).to(device)
-    data = _limit(load_split(config, options.split, config.seed), options.num_examples)
+    data_config = config
+    if options.dataset and options.dataset != config.dataset:
+        # another data set of the same shape; binarized-mnist is binary already, so it is not binarized again
+        data_config = dataclasses.replace(config, dataset=options.dataset,
+                                          binarize="none" if options.dataset == "binarized-mnist" else config.binarize)
+    data = _limit(load_split(data_config, options.split, config.seed), options.num_examples)
+    if tuple(data["x"].shape[1:]) != tuple(model.input_shape):
+        raise UserError(f"--dataset {options.dataset}: its images are {tuple(data['x'].shape[1:])}, the run's model "
+                        f"takes {tuple(model.input_shape)}; choose a data set of the run's shape")
     torch.manual_seed(options.seed)
     elbo, nll = [], []
     with torch.no_grad():
@@ -383,7 +394,7 @@ def evaluate(run_dir: str | Path, options: VAEEvalOptions | None = None) -> dict
     s = options.split
     out = {f"{s}/elbo": float(elbo_t.mean()), "eval/nll_nats": float(nll_t.mean()),
            "eval/nll_nats_sem": float(nll_t.std() / math.sqrt(len(nll_t))) if len(nll_t) > 1 else 0.0,
-           "iwae_k": options.iwae_k, "n": len(nll_t)}
+           "iwae_k": options.iwae_k, "n": len(nll_t), "dataset": data_config.dataset}
     if name == "cvae" and options.label_samples and tuple(model.input_shape) == (1, 28, 28) \
             and config.dataset == "mnist":
         from mlcanon.metrics.mnist_features import label_accuracy  # lazy: loads the fixed feature network
