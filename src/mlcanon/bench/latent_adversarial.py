@@ -45,13 +45,20 @@ def _median_row(label: str, name: str, flags: str, eval_flags: list[str], key: s
                notes=f"median of seeds {', '.join(map(str, seeds))}: {spread}; wall = training per seed")
 
 
-VAE_FLAGS = "--dataset binarized-mnist --arch mlp --latent 32 --hidden 512 --epochs 200 --batch-size 100 --lr 1e-3"
+# trained on grey MNIST binarized afresh each step (Larochelle's fixed binarization was itself drawn as
+# x ~ Bernoulli(grey), so the training images follow the test set's law without being fixed), scored on the fixed
+# binarized-MNIST test set: 88.96 nats (k = 5000, all 10,000 images) after 100 epochs, 28 min on one CPU thread;
+# trained on the fixed binarization instead it overfits (best val ELBO -100.5 at epoch 25)
+VAE_FLAGS = ("--dataset mnist --binarize dynamic --arch mlp --latent 32 --hidden 512 --epochs 100 --batch-size 64 "
+             "--lr 1e-3 --lr-schedule cosine")
 
 
-@bench("vae-binarized-mnist", suites=("gpu",), description="MLP VAE IWAE NLL (k=5000) on binarized MNIST <= 89 nats")
+@bench("vae-binarized-mnist", suites=("full", "gpu"),
+       description="MLP VAE IWAE NLL (k=5000) on the fixed binarized-MNIST test set <= 89 nats")
 def vae_nll() -> list[Row]:
     return [_median_row("vae mlp binarized-mnist: test IWAE NLL (k=5000)", "vae", VAE_FLAGS + " --device auto",
-                        ["--iwae-k", "5000", "--batch-size", "20", "--chunk", "500"], "eval/nll_nats", (0,),
+                        ["--dataset", "binarized-mnist", "--iwae-k", "5000", "--batch-size", "20", "--chunk", "500"],
+                        "eval/nll_nats", (0,),
                         unit="nats", reference=89.0, reference_label="target (Burda et al. ~86.8, dynamic binar.)",
                         higher_is_better=False)]
 
