@@ -374,11 +374,8 @@ def evaluate(run_dir: str | Path, options: VAEEvalOptions | None = None) -> dict
     name, config = _config(run_dir)
     device = resolve_device(options.device)
     model = load_model(run_dir, config).to(device)
-    data_config = config
-    if options.dataset and options.dataset != config.dataset:
-        # another data set of the same shape; binarized-mnist is binary already, so it is not binarized again
-        data_config = dataclasses.replace(config, dataset=options.dataset,
-                                          binarize="none" if options.dataset == "binarized-mnist" else config.binarize)
+    # another data set of the same shape (under --binarize dynamic a binary set stays as it is: Bernoulli(0 or 1))
+    data_config = dataclasses.replace(config, dataset=options.dataset or config.dataset)
     data = _limit(load_split(data_config, options.split, config.seed), options.num_examples)
     if tuple(data["x"].shape[1:]) != tuple(model.input_shape):
         raise UserError(f"--dataset {options.dataset}: its images are {tuple(data['x'].shape[1:])}, the run's model "
