@@ -136,3 +136,23 @@ def test_eval_on_another_dataset_scores_its_images(tmp_runs, real_data, capsys):
     assert own["dataset"] == "mnist" and own["test/elbo"] != ev["test/elbo"]
     with pytest.raises(UserError, match="shape"):
         evaluate(run_dir, VAEEvalOptions(dataset="digits", iwae_k=3, num_examples=4))
+
+
+def test_kl_warmup_weights_the_kl_linearly_from_the_saved_step(tmp_runs, real_data, capsys):
+    """--kl-warmup-epochs E: the training loss is recon + w beta KL with w = min(1, step / (E * steps per epoch))."""
+    torch.manual_seed(0)
+    m = VAE((1, 4, 4), 2, hidden=8, beta=2.0)
+    x = torch.rand(8, 1, 4, 4)
+    torch.manual_seed(1)
+    out = m.loss({"x": x}, kl_weight=0.25)
+    assert out["loss"].item() == pytest.approx(out["recon"].item() + 0.5 * out["kl"].item(), rel=1e-5)
+    assert out["elbo"].item() == pytest.approx(-(out["recon"] + out["kl"]).item(), rel=1e-5)   # the bound: w = 1
+    from mlcanon.cli import main
+    assert main(["train", "vae", "--dataset", "digits", "--hidden", "16", "--latent", "2", "--max-steps", "12",
+                 "--train-subset", "128", "--val-subset", "32", "--batch-size", "32", "--kl-warmup-epochs", "2",
+                 "--log-every", "1", "--out-dir", str(tmp_runs), "--progress", "false"]) == 0
+    run_dir = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    rows = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+    w = {r["step"]: r["train/kl_weight"] for r in rows if "train/kl_weight" in r}
+    # 4 steps per epoch, 8 warm-up steps; the row of step s logs the weight used by step s (state.step = s - 1)
+    assert w == {s: pytest.approx(min(1.0, (s - 1) / 8), abs=1e-7) for s in range(1, 13)}

@@ -137,10 +137,13 @@ class VAE(nn.Module):
         rec, kl = self.elbo_terms(x, y)
         return rec - kl
 
-    def loss(self, batch: dict) -> dict:
-        """-(E_q log p(x|z) - beta KL), averaged over the batch; logs the ELBO, reconstruction and KL terms."""
+    def loss(self, batch: dict, kl_weight: float = 1.0) -> dict:
+        """-(E_q log p(x|z) - w beta KL), averaged over the batch; logs the ELBO, reconstruction and KL terms.
+
+        ``kl_weight`` w in [0, 1] is the KL warm-up factor (Sonderby et al. 2016, sec. 2.3: w rises linearly from 0
+        to 1 over the first epochs, so that latent units become active before the KL term can switch them off)."""
         rec, kl = self.elbo_terms(batch["x"], batch.get("y"))
-        return {"loss": -(rec - self.beta * kl).mean(), "elbo": (rec - kl).mean(), "recon": -rec.mean(),
+        return {"loss": -(rec - kl_weight * self.beta * kl).mean(), "elbo": (rec - kl).mean(), "recon": -rec.mean(),
                 "kl": kl.mean()}
 
     def log_weights(self, x: torch.Tensor, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -190,6 +193,9 @@ class VAEConfig(TrainConfig):
     hidden: int = option(512, "hidden units of the MLP layers", min=1)
     channels: int = option(32, "channels of the first conv layer (--arch conv)", min=1)
     beta: float = option(1.0, "weight of the KL term (beta-VAE: > 1)", min=0.0)
+    kl_warmup_epochs: float = option(0.0, "KL warm-up: the KL weight rises linearly from 0 to --beta over this many "
+                                          "epochs (Sonderby et al. 2016; keeps more latent units active; 0: off)",
+                                     min=0.0)
     binarize: str = option("none", "dynamic: binarize grey training images afresh each step (x ~ Bernoulli(x)); "
                                    "test images once with a fixed seed", choices=("none", "dynamic"))
     train_subset: int = option(0, "use only the first N training examples (0: all)", min=0)
@@ -313,11 +319,18 @@ def make_train(name: str):
         if run.device.type == "cuda" and transform is None:
             batches.to(run.device)
 
-        def val_fn() -> dict:
+        warmup_steps = config.kl_warmup_epochs * batches.steps_per_epoch
+
+        def step_fn(batch: dict) -> dict:      # KL warm-up: w = min(1, step / warm-up steps), from the saved step
+            w = min(1.0, trainer.state.step / warmup_steps) if warmup_steps else 1.0
+            out = model.loss(batch, kl_weight=w)
+            return {**out, "kl_weight": torch.tensor(w)} if warmup_steps else out
+
+        def val_fn() -> dict:                  # the full objective (w = 1), so best-val selection is comparable
             m = evaluate_in_batches(lambda b: _metrics(model, b), val, device=run.device, precision=config.precision)
             return {"val/loss": m["loss"], "val/elbo": m["elbo"]}
 
-        fit = trainer.fit(model.loss, batches, val_fn=val_fn, monitor="val/loss", mode="min",
+        fit = trainer.fit(step_fn, batches, val_fn=val_fn, monitor="val/loss", mode="min",
                           postfix_keys=("train/loss", "train/kl"))
         out = {"run_dir": str(run.dir), "step": fit.step, "best_val_loss": fit.best_value}
         if run.dist.is_main:
