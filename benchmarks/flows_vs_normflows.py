@@ -19,8 +19,8 @@ L levels of K steps (ActNorm, LU-decomposed invertible 1x1 convolution, affine c
 with a conv 3x3 - ReLU - conv 1x1 - ReLU - conv 3x3 net of ``--hidden`` channels), half of the channels factored
 out after each level but the last. mlcanon: ``glow.build`` (``mlcanon train glow --levels L --steps K --hidden
 H``; coupling net input: the kept C/2 channels, output C as Glow 3.3, ``--coupling masked``: the older
-channel-mask coupling, net input the masked C channels, output 2C; tanh-bounded scale; learned conditional
-prior of the factored half); normflows: ``GlowBlock`` + ``MultiscaleFlow`` as its examples/glow.ipynb (net
+channel-mask coupling, net input the masked C channels, output 2C; scale sigmoid(h + 2) as Glow's code and
+normflows, ``--scale tanh``: the older exp(c tanh h); learned conditional prior of the factored half); normflows: ``GlowBlock`` + ``MultiscaleFlow`` as its examples/glow.ipynb (net
 input C/2, output C; sigmoid scale; a learned diagonal Gaussian per level), in channels-last memory (model and batches) by default, its fastest
 configuration on CPU as ours (``--peer-layout default``: NCHW, about 1.2x slower). Same dequantized batches; reported: steps/s and test bits/dim
 (NLL + D ln 256) / (D ln 2) on the first ``--test-images`` test digits (dequantized once, seeded).

@@ -91,6 +91,8 @@ CASES = {
     "channel-coupling": (lambda: perturb(AffineCoupling(channel_mask(4, 1), ConvNet(4, 4, 2), 4)),
                          lambda g: torch.randn(2, 4, 2, 2, generator=g)),
     "half-coupling": (lambda: perturb(HalfAffineCoupling(4, 4)), lambda g: torch.randn(2, 4, 2, 2, generator=g)),
+    "half-coupling-sigmoid": (lambda: perturb(HalfAffineCoupling(4, 4, "sigmoid")),
+                              lambda g: torch.randn(2, 4, 2, 2, generator=g)),
     "maf": (lambda: perturb(MAFLayer(4, 8)), lambda g: torch.randn(3, 4, generator=g)),
     "iaf": (lambda: perturb(IAFLayer(4, 8, order="reverse")), lambda g: torch.randn(3, 4, generator=g)),
 }
@@ -277,7 +279,8 @@ def test_per_example_logdet_is_one_value_per_example():
 @settings(max_examples=8, deadline=None)
 @given(c=st.sampled_from([2, 4]), h=st.sampled_from([2, 4]), w=st.sampled_from([2, 4]), batch=st.integers(1, 3),
        seed=st.integers(0, 10_000),
-       kind=st.sampled_from(["squeeze", "checkerboard", "channel", "half", "actnorm", "conv1x1-lu", "bn"]))
+       kind=st.sampled_from(["squeeze", "checkerboard", "channel", "half", "half-sigmoid", "actnorm", "conv1x1-lu",
+                              "bn"]))
 def test_image_layers_property(c, h, w, batch, seed, kind):
     torch.manual_seed(seed)
     x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(seed))
@@ -289,6 +292,8 @@ def test_image_layers_property(c, h, w, batch, seed, kind):
         layer = perturb(AffineCoupling(channel_mask(c, seed % 2), ConvNet(c, 4, 2), c), 0.3, seed)
     elif kind == "half":
         layer = perturb(HalfAffineCoupling(c, 4), 0.3, seed)
+    elif kind == "half-sigmoid":
+        layer = perturb(HalfAffineCoupling(c, 4, "sigmoid"), 0.3, seed)
     elif kind == "actnorm":
         layer = L.ActNorm(c)
         layer(torch.randn(4, c, h, w) * 2 + 1)
@@ -334,3 +339,24 @@ def test_half_coupling_scale_is_bounded():
         layer.net.net[-1].bias.fill_(100.0)                 # huge raw log-scale
     _, ld = layer(torch.randn(3, 2, 3, 3))
     assert torch.all(ld <= 9 * (1.0 + 1e-6))                # |s| <= c = 1 on each of the 1 x 3 x 3 free values
+
+
+def test_half_coupling_sigmoid_scale_is_glows_and_never_amplifies():
+    """scale="sigmoid": (h, t) = NN(x_a), y_b = (x_b + t) sigmoid(h + 2), log|det| = sum log sigmoid(h + 2) (Glow's
+    released code), written out here from the net's raw output; the scale is in (0, 1), so |y_b| <= |x_b + t| and
+    log|det| < 0 whatever the net outputs, even with huge weights."""
+    torch.manual_seed(0)
+    layer = perturb(HalfAffineCoupling(4, 6, "sigmoid"), 1.0).double()
+    assert not hasattr(layer, "scale_bound")
+    x = 3 * torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    y, ld = layer(x)
+    h, t = layer.net(x[:, :2]).chunk(2, dim=1)
+    sig = 1 / (1 + torch.exp(-(h + 2)))
+    assert h.abs().max() > 5 and torch.all(sig > 0)             # saturating scales, still a finite log|det|
+    tol = 1e3 * EPS64 * float(x.abs().max() + t.abs().max())
+    assert torch.allclose(y[:, 2:], (x[:, 2:] + t) * sig, atol=tol)
+    assert torch.allclose(ld, torch.log(sig).sum((1, 2, 3)), atol=1e3 * EPS64 * 18)
+    assert torch.equal(y[:, :2], x[:, :2])
+    assert torch.all(y[:, 2:].abs() <= (x[:, 2:] + t).abs()) and torch.all(ld < 0)
+    with pytest.raises(ValueError, match="scale"):
+        HalfAffineCoupling(4, 6, "exp")

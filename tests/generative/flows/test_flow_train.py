@@ -118,3 +118,27 @@ def test_glow_run_folders_written_before_the_coupling_option_rebuild_the_masked_
             .load_state_dict(weights)
     (tmp_path / "file.json").write_text(json.dumps({"dataset": "mnist", "hidden": 4}))
     assert cfg.load_file(glow.GlowConfig, tmp_path / "file.json").coupling == "half"   # a --config file: default
+
+
+def test_glow_coupling_scale_defaults_to_sigmoid_on_images_and_old_runs_keep_tanh(tmp_path):
+    """New image Glows use Glow's sigmoid(h + 2) scale; config.json written before the --scale option reads as
+    "tanh" so that its weights (with the per-channel bound c) load; toys keep tanh; sigmoid where it is not
+    implemented is a clear error."""
+    from mlcanon.errors import UserError
+    new = glow.build(glow.GlowConfig(dataset="mnist", levels=2, steps=1, hidden=4), (1, 28, 28), True)
+    assert {m.scale for m in new.modules() if isinstance(m, HalfAffineCoupling)} == {"sigmoid"}
+    old = cfg.to_dict(glow.GlowConfig(dataset="mnist", levels=2, steps=1, hidden=4, scale="tanh"))
+    del old["scale"]
+    (tmp_path / "config.json").write_text(json.dumps({"algorithm": "glow", "config": old}))
+    _, config = algorithm_of_run(tmp_path)
+    assert config.scale == "tanh" and config.coupling == "half"
+    torch.manual_seed(0)
+    weights = glow.build(glow.GlowConfig(dataset="mnist", levels=2, steps=1, hidden=4, scale="tanh"),
+                         (1, 28, 28), True).state_dict()
+    assert any(k.endswith("scale_bound") for k in weights)
+    glow.build(config, (1, 28, 28), True).load_state_dict(weights)     # strict: same names and shapes
+    with pytest.raises(RuntimeError):
+        new.load_state_dict(weights)
+    assert glow.GlowConfig(dataset="toy2d:moons").coupling_scale == "tanh"
+    with pytest.raises(UserError, match="--scale tanh"):
+        glow.GlowConfig(dataset="mnist", coupling="masked", scale="sigmoid").check()

@@ -160,29 +160,44 @@ class HalfAffineCoupling(FlowLayer):
 
     The same map as an :class:`AffineCoupling` with ``channel_mask(C)``, whose net gets all C channels (the
     masked half zeroed) and outputs 2C; here the first and last convolutions do about half that work.
+
+    ``scale="sigmoid"`` is the scale of Glow's released code (and normflows' Glow): (h, t) = NN(x_a),
+    y_b = (x_b + t) sigmoid(h + 2), log|det| = sum log sigmoid(h + 2). The scale is below 1, so no coupling can
+    amplify its input: with the exp(c tanh) scale a trained Glow multiplied one unusual MNIST image by up to
+    e^1.7 per coupling, to activations of ~1,000 and ~10^5 bits/dim.
     """
 
-    def __init__(self, channels: int, hidden: int):
+    def __init__(self, channels: int, hidden: int, scale: str = "tanh"):
         super().__init__()
         if channels % 2:
             raise ValueError(f"HalfAffineCoupling needs an even number of channels, got {channels}")
-        self.half = channels // 2
+        if scale not in ("tanh", "sigmoid"):
+            raise ValueError(f"HalfAffineCoupling scale must be 'tanh' or 'sigmoid', got {scale!r}")
+        self.half, self.scale = channels // 2, scale
         self.net = ConvNet(self.half, hidden, 2)                  # [B, C/2, H, W] -> [B, C, H, W]
-        self.scale_bound = nn.Parameter(torch.ones(self.half))
+        if scale == "tanh":
+            self.scale_bound = nn.Parameter(torch.ones(self.half))
 
     def _s_t(self, xa):
         s_raw, t = self.net(xa).chunk(2, dim=1)                   # (log s, t) = NN(x_a)  (table 1)
+        if self.scale == "sigmoid":
+            return F.logsigmoid(s_raw + 2.0), t                   # log s = log sigmoid(h + 2)  (Glow's code)
         return self.scale_bound.view(1, -1, 1, 1) * torch.tanh(s_raw), t   # bounded log-scale s = c tanh(s_raw)
 
     def forward(self, x):
         xa, xb = x.split(self.half, dim=1)                        # x_a, x_b = split(x)
         s, t = self._s_t(xa)
-        yb = torch.addcmul(t, xb, torch.exp(s))                   # y_b = s * x_b + t, with s = exp(log s)
+        if self.scale == "sigmoid":
+            yb = (xb + t) * torch.exp(s)                          # y_b = (x_b + t) * s  (Glow: z2 += shift; z2 *= scale)
+        else:
+            yb = torch.addcmul(t, xb, torch.exp(s))               # y_b = s * x_b + t, with s = exp(log s)
         return torch.cat((xa, yb), 1), sum_except_batch(s)        # y = concat(x_a, y_b); log|det| = sum log s
 
     def inverse(self, z):
         ya, yb = z.split(self.half, dim=1)                        # x_a = y_a, so NN(x_a) is recomputed exactly
         s, t = self._s_t(ya)
+        if self.scale == "sigmoid":
+            return torch.cat((ya, yb * torch.exp(-s) - t), 1), -sum_except_batch(s)   # x_b = y_b / s - t
         return torch.cat((ya, (yb - t) * torch.exp(-s)), 1), -sum_except_batch(s)   # x_b = (y_b - t) / s
 
 

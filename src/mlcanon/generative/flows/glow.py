@@ -58,6 +58,10 @@ class GlowConfig(FlowConfig):
                                    "(s, t) for the other C/2 (Glow 3.3); 'masked': a channel-mask coupling whose "
                                    "net sees all C (masked) and outputs 2C (runs written before this option)",
                            choices=("half", "masked"), absent="masked")
+    scale: str = option("auto", "coupling scale: 'sigmoid' = sigmoid(h + 2) as Glow's code (below 1: a coupling never "
+                                "amplifies its input), 'tanh' = exp(c tanh(h)) as RealNVP (runs written before this "
+                                "option); 'auto': sigmoid for images with --coupling half, tanh otherwise",
+                        choices=("auto", "sigmoid", "tanh"), absent="tanh")
     lu: bool = option(True, "LU-decomposed 1x1 convolution (Glow eq. 10); false: a plain matrix with slogdet")
     learned_prior: bool = option(True, "images: each factored-out half ~ N(mu(h), sigma(h)) given the kept half h "
                                        "(a zero-initialized 3x3 conv, as Glow); false: N(0, I)")
@@ -69,12 +73,22 @@ class GlowConfig(FlowConfig):
             _, H, W = IMAGE_SETS[self.dataset]
             if H % 2 ** self.levels or W % 2 ** self.levels:
                 raise UserError(f"--levels {self.levels}: {H}x{W} images cannot be squeezed {self.levels} times")
+        if self.scale == "sigmoid" and not (self.is_image and self.coupling == "half"):
+            raise UserError("--scale sigmoid is implemented for images with --coupling half; use --scale tanh "
+                            "(or auto) here")
+
+    @property
+    def coupling_scale(self) -> str:
+        """The scale the couplings use ('auto' resolved)."""
+        if self.scale != "auto":
+            return self.scale
+        return "sigmoid" if self.is_image and self.coupling == "half" else "tanh"
 
 
-def flow_step(channels: int, hidden: int, lu: bool, shape, coupling: str = "half") -> list:
+def flow_step(channels: int, hidden: int, lu: bool, shape, coupling: str = "half", scale: str = "tanh") -> list:
     """ActNorm -> invertible 1x1 conv -> affine coupling (Glow table 1)."""
     if len(shape) == 3 and coupling == "half":
-        return [ActNorm(channels), InvConv1x1(channels, lu=lu), HalfAffineCoupling(channels, hidden)]
+        return [ActNorm(channels), InvConv1x1(channels, lu=lu), HalfAffineCoupling(channels, hidden, scale)]
     mask = channel_mask(channels) if len(shape) == 3 else alternating_mask(channels)
     return [ActNorm(channels), InvConv1x1(channels, lu=lu),
             AffineCoupling(mask, conditioner(shape, hidden, 2), channels)]
@@ -94,7 +108,7 @@ def build(config: GlowConfig, shape, image: bool) -> Flow:
         C, H, W = 4 * C, H // 2, W // 2                   # squeeze
         steps = [Squeeze()]
         for _ in range(config.steps):
-            steps += flow_step(C, config.hidden, config.lu, (C, H, W), config.coupling)
+            steps += flow_step(C, config.hidden, config.lu, (C, H, W), config.coupling, config.coupling_scale)
         levels.append(FlowSequence(steps))
         if level < config.levels - 1:
             C //= 2                                       # split: half the channels go to the base
