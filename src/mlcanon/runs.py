@@ -503,10 +503,13 @@ def plot_curves(run_dir: str | Path, records: Iterable[dict] | None = None, out:
         for k in sorted(groups[g]):
             xs, ys = series[k]
             ax.plot(xs, ys, label=k, marker="o" if len(xs) < 30 else None, ms=3)
-        ax.set_title(g)
+        one = len(groups[g]) == 1   # one series: its full name is the title, no legend (a legend costs a search)
+        ax.set_title(groups[g][0] if one else g, y=1.0)   # a set y skips matplotlib's title placement
+        ax.locator_params(nbins=5)  # at most 6 ticks per axis: each tick is a set of artists to build and draw
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if not one:
+            ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     out = Path(out) if out else Path(run_dir) / "curves.png"
