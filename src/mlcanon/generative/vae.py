@@ -296,10 +296,6 @@ def write_figures(model: VAE, data: dict, run_dir: Path, seed: int, traversals: 
 
 
 # ------------------------------------------------------------------------------------------- train
-def _metrics(model: VAE, batch: dict) -> dict:
-    rec, kl = model.elbo_terms(batch["x"], batch.get("y"))
-    return {"loss": -(rec - model.beta * kl).mean(), "elbo": (rec - kl).mean()}
-
 
 def make_train(name: str):
     def train(config: VAEConfig, run: Run | None = None) -> dict:
@@ -324,10 +320,10 @@ def make_train(name: str):
         def step_fn(batch: dict) -> dict:      # KL warm-up: w = min(1, step / warm-up steps), from the saved step
             w = min(1.0, trainer.state.step / warmup_steps) if warmup_steps else 1.0
             out = model.loss(batch, kl_weight=w)
-            return {**out, "kl_weight": torch.tensor(w)} if warmup_steps else out
+            return {**out, "kl_weight": w} if warmup_steps else out
 
         def val_fn() -> dict:                  # the full objective (w = 1), so best-val selection is comparable
-            m = evaluate_in_batches(lambda b: _metrics(model, b), val, device=run.device, precision=config.precision)
+            m = evaluate_in_batches(model.loss, val, device=run.device, precision=config.precision)
             return {"val/loss": m["loss"], "val/elbo": m["elbo"]}
 
         fit = trainer.fit(step_fn, batches, val_fn=val_fn, monitor="val/loss", mode="min",
@@ -337,7 +333,7 @@ def make_train(name: str):
             load_weights(model, run.dir, "best")
             test = load_split(config, "test", config.seed)
             torch.manual_seed(config.seed)
-            tm = evaluate_in_batches(lambda b: _metrics(model, b), test, device=run.device)
+            tm = evaluate_in_batches(model.loss, test, device=run.device)
             labels = _labels(config, "test")
             fig_data = test if labels is None else {**test, "labels": labels}   # colours of the latent scatter
             write_figures(model.cpu(), fig_data, run.dir, config.seed, traversals=True)
