@@ -20,10 +20,12 @@ with a conv 3x3 - ReLU - conv 1x1 - ReLU - conv 3x3 net of ``--hidden`` channels
 out after each level but the last. mlcanon: ``glow.build`` (``mlcanon train glow --levels L --steps K --hidden
 H``; coupling net input: the kept C/2 channels, output C as Glow 3.3, ``--coupling masked``: the older
 channel-mask coupling, net input the masked C channels, output 2C; scale sigmoid(h + 2) as Glow's code and
-normflows, ``--scale tanh``: the older exp(c tanh h); learned conditional prior of the factored half); normflows: ``GlowBlock`` + ``MultiscaleFlow`` as its examples/glow.ipynb (net
-input C/2, output C; sigmoid scale; a learned diagonal Gaussian per level), in channels-last memory (model and batches) by default, its fastest
-configuration on CPU as ours (``--peer-layout default``: NCHW, about 1.2x slower). Same dequantized batches; reported: steps/s and test bits/dim
-(NLL + D ln 256) / (D ln 2) on the first ``--test-images`` test digits (dequantized once, seeded).
+normflows, ``--scale tanh``: the older exp(c tanh h); learned conditional prior of the factored half);
+normflows: ``GlowBlock`` + ``MultiscaleFlow`` as its examples/glow.ipynb (net input C/2, output C; sigmoid
+scale; a learned diagonal Gaussian per level), in channels-last memory (model and batches) by default, its
+fastest configuration on CPU as ours (``--peer-layout default``: NCHW, about 1.2x slower). Same dequantized
+batches; reported: steps/s and test bits/dim (NLL + D ln 256) / (D ln 2) on the first ``--test-images`` test
+digits (dequantized once, seeded).
 
     OMP_NUM_THREADS=1 python benchmarks/flows_vs_normflows.py --model glow --steps 200 --batch-size 32
 """

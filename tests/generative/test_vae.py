@@ -118,8 +118,8 @@ def test_eval_on_another_dataset_scores_its_images(tmp_runs, real_data, capsys):
     """A run trained on grey MNIST with --binarize dynamic is scored on the fixed binarized-MNIST test set."""
     from mlcanon.cli import main
     from mlcanon.data import load
-    from mlcanon.generative.vae import VAEEvalOptions, evaluate, load_model
     from mlcanon.errors import UserError
+    from mlcanon.generative.vae import VAEEvalOptions, evaluate, load_model
     assert main(["train", "vae", "--dataset", "mnist", "--binarize", "dynamic", "--hidden", "16", "--latent", "2",
                  "--max-steps", "4", "--train-subset", "128", "--val-subset", "32", "--batch-size", "32",
                  "--out-dir", str(tmp_runs), "--progress", "false"]) == 0

@@ -6,8 +6,9 @@ first mean >= 475 (ours: ``--target-return 475``; SB3: ``EvalCallback`` + ``Stop
 seeds 0-2, median. SB3 runs with its rl-baselines3-zoo CartPole-v1 hyperparameters, ours with its defaults (the
 same values). Wall-clock on both sides runs from building the agent (envs, networks, optimizer) to the end of
 training, in this process; ours is the whole ``train`` call that ``mlcanon train`` makes, so it also pays for
-what SB3 does not write (the run folder, TensorBoard events, checkpoints, curves.png). Imports aside: ``torch._dynamo``, which every ``torch.optim`` optimizer imports when the
-first one is built (~2 s), is imported before either side is timed. Evaluation time is measured on both sides,
+what SB3 does not write (the run folder, TensorBoard events, checkpoints, curves.png). Imports aside:
+``torch._dynamo``, which every ``torch.optim`` optimizer imports when the first one is built (~2 s), is imported
+before either side is timed. Evaluation time is measured on both sides,
 so the figures are given with and without it. SB3 is a bench-only extra (``pip install stable-baselines3``);
 without it only our side runs, against the figures quoted by issue #16.
 
