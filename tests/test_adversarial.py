@@ -97,3 +97,23 @@ def test_classifier_eval_with_attack(tmp_runs, real_data):
     m = evaluate(out["run_dir"], ClassifierEvalOptions(attack="pgd", eps=0.3, steps=5, restarts=1))
     assert m["clean/accuracy"] == pytest.approx(m["test/accuracy"], abs=1e-6)
     assert 0.0 <= m["robust/accuracy"] < m["clean/accuracy"]
+
+
+def test_pgd_training_buys_robustness_that_plain_training_lacks(tmp_runs):
+    """Madry et al. 2018, eq. 2.1: min_theta E max_{||delta|| <= eps} L(f(x + delta), y), the inner max by PGD.
+    The same MLP, data, budget and seed trained with and without it, then both attacked by PGD-10 on the test set:
+    the adversarially trained one must keep far more of its accuracy (measured: 0.74 vs 0.47 at eps 0.1)."""
+    from mlcanon.adversarial import train
+    from mlcanon.data import load
+    from mlcanon.supervised.classifier import ClassifierConfig
+    from mlcanon.supervised.classifier import train as train_plain
+    kw = {"dataset": "digits", "model": "mlp", "width": 64, "epochs": 15, "batch_size": 32,
+          "out_dir": str(tmp_runs), "progress": False, "seed": 0}
+    adv = train(AdversarialTrainingConfig(method="pgd", eps=0.1, attack_steps=5, alpha=0.025, guard_examples=0, **kw))
+    plain = train_plain(ClassifierConfig(**kw))
+    test = load("digits", "test")
+    r_adv, r_plain = (robust_accuracy(m.eval(), test.x, test.targets, attack="pgd", eps=0.1, steps=10, seed=0)
+                      for m in (adv["model"], plain["model"]))
+    assert r_adv["clean/accuracy"] > 0.85 and r_plain["clean/accuracy"] > 0.85      # both learned the task
+    assert r_adv["robust/accuracy"] > r_plain["robust/accuracy"] + 0.15
+    assert r_adv["robust/accuracy"] > 0.6
