@@ -8,6 +8,10 @@ variational bound in bits/dim, and the classifier-free guidance trade-off plot (
     python benchmarks/diffusion_mnist_quality.py metrics $D [--limit N]
     python benchmarks/diffusion_mnist_quality.py plot $D --sampler ddim --steps 20 --png docs/figures/ddpm_mnist_guidance.png
 
+``plot`` reads ``$D/metrics.json`` ({tag: {"sampler", "steps", "guidance", "num_samples", "eval/fid",
+"eval/label_accuracy", ...}}), which ``metrics`` writes; the latent-diffusion figure's file was written from
+``mlcanon eval RUN --sampler ddim --steps 20 --guidance W`` (its eval.json per w) in the same layout.
+
 ``sample`` draws the samples exactly as ``mlcanon eval RUN --sampler S --steps N --guidance W --batch-size C
 --num-samples n`` does (chunk i of C samples from seed ``seed * 1_000_003 + i``, labels cycling 0..9 in each chunk,
 the run's EMA weights), but writes each chunk to ``OUT/<tag>/`` as it finishes, so a slow sampler (DDPM with all
@@ -166,7 +170,8 @@ def cmd_plot(a) -> None:
     ax[1].axvline(98, color="grey", ls=":", lw=1)
     ax[1].set_xlabel("label accuracy of the fixed classifier (%)")
     ax[1].set_ylabel("MNIST-FID")
-    fig.suptitle(f"classifier-free guidance, {a.sampler.upper()}-{a.steps}, {'/'.join(map(str, n))} samples per w")
+    fig.suptitle(f"{a.title}classifier-free guidance, {a.sampler.upper()}-{a.steps}, "
+                 f"{'/'.join(map(str, n))} samples per w")
     fig.tight_layout()
     Path(a.png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.png, dpi=120)
@@ -202,6 +207,7 @@ def main() -> None:
     pl.add_argument("--sampler", default="ddim")
     pl.add_argument("--steps", type=int, default=20)
     pl.add_argument("--png", default="docs/figures/ddpm_mnist_guidance.png")
+    pl.add_argument("--title", default="", help="prefix of the figure title, e.g. 'latent diffusion: '")
     a = p.parse_args()
     {"sample": cmd_sample, "metrics": cmd_metrics, "bound": cmd_bound, "plot": cmd_plot}[a.cmd](a)
 
