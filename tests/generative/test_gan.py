@@ -167,3 +167,28 @@ def test_mlp_generator_batch_norm_on_images_only():
     assert x.shape == (256, 1, 28, 28) and float(x.min()) >= 0 and float(x.max()) <= 1
     assert torch.allclose(h.mean(0), torch.zeros(8, dtype=torch.double), atol=1e-5)
     assert torch.allclose(h.var(0, unbiased=False), torch.ones(8, dtype=torch.double), atol=1e-3)
+
+
+def test_toy_noise_sets_the_data_and_the_high_quality_radius(tmp_runs, monkeypatch):
+    """--toy-noise s: the training points are mu_k + s eps (per-coordinate std s around their mode), and the
+    evaluation's high-quality radius is 3 s; the default keeps the set's own noise; bad uses are refused."""
+    from mlcanon.config import validate
+    from mlcanon.errors import UserError
+    from mlcanon.generative.gan import evaluate, load_data
+    x, _ = load_data(GANConfig(toy_noise=0.02))
+    dev = x - toy2d._gauss_centers()[torch.cdist(x.double(), toy2d._gauss_centers().double()).argmin(1)].float()
+    assert dev.std(0).tolist() == pytest.approx([0.02, 0.02], rel=0.05)      # ~20,000 points: sd of s^ ~0.5% of s
+    x0, _ = load_data(GANConfig())
+    assert float(x0.std()) > 1.0 and not torch.equal(x0, x)
+    # evaluation scores the samples against the run's own sigma: 3 sigma = 0.06 is the high-quality radius
+    import mlcanon.generative.gan as gan_module
+    seen = []
+    monkeypatch.setattr(gan_module, "mode_coverage", lambda s, c, sigma, **kw: seen.append(sigma) or {})
+    for noise in (0.02, 0.0):
+        out = train_gan("gan", GANConfig(toy_noise=noise, hidden=8, latent=2, max_steps=1, batch_size=16,
+                                         train_subset=64, out_dir=str(tmp_runs), progress=False))
+        evaluate(out["run_dir"])
+    assert seen == [0.02, toy2d.DEFAULT_NOISE["8gaussians"]]
+    for bad in (GANConfig(dataset="mnist", toy_noise=0.1), GANConfig(dataset="toy2d:checkerboard", toy_noise=0.1)):
+        with pytest.raises(UserError, match="--toy-noise"):
+            validate(bad)
