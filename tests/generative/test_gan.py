@@ -161,7 +161,7 @@ def test_mlp_generator_batch_norm_on_images_only():
     acts = []
     hook = bns[0].register_forward_hook(lambda m, i, o: acts.append(o.detach()))
     img.G.train()
-    x = img.G(torch.randn(256, 2))
+    x = img.G(torch.randn(256, 2)).detach()
     hook.remove()
     h = acts[0].double()
     assert x.shape == (256, 1, 28, 28) and float(x.min()) >= 0 and float(x.max()) <= 1

@@ -68,25 +68,82 @@ def vae_nll() -> list[Row]:
 TOY = "--dataset toy2d:8gaussians --arch mlp --latent 16 --hidden 128 --batch-size 256 --max-steps 5000"
 MODE_CASES = [("gan", TOY), ("unrolled-gan", TOY + " --unroll 5"),
               ("wgan-gp", TOY + " --d-steps 5")]
+#: narrow modes (std 0.05 instead of the set's 0.354, radius 2.83), where the vanilla GAN drops modes
+NARROW = " --toy-noise 0.05"
+COLLAPSE_FIGURE = Path("docs/figures/gan_mode_collapse.png")
 
 
-@bench("gan-mode-coverage", suites=("full",), description="modes covered on toy2d:8gaussians: GAN, unrolled, WGAN-GP")
-def mode_coverage() -> list[Row]:
-    """Each variant trained once per seed (0-4); both rows (modes, high-quality %) come from the same runs."""
-    rows, seeds = [], (0, 1, 2, 3, 4)
-    for name, flags in MODE_CASES:
-        runs = [_train_eval(name, flags, ["--num-samples", "2500"], s) for s in seeds]
+def _mode_rows(cases: list[tuple[str, str]], seeds: tuple[int, ...], figure: Path | None = None) -> list[Row]:
+    """Each variant trained once per seed; both rows (modes, high-quality %) come from the same runs. With
+    ``figure``: 2,500 samples of each variant's first seed drawn over the data (the same draw it is scored on)."""
+    rows, panels = [], []
+    for name, flags in cases:
+        runs = []
+        for s in seeds:
+            algo = get(name)
+            with tempfile.TemporaryDirectory() as d:
+                config = build_config(algo, flags.split() + ["--seed", str(s), "--out-dir", d, "--progress", "false"])
+                t = time.perf_counter()
+                result = algo.train(config)
+                wall = time.perf_counter() - t
+                options = cfg.from_flags(algo.eval_options, ["--num-samples", "2500"], prog=f"mlcanon eval {name}",
+                                         print_help=False)
+                m = algo.evaluate(Path(result["run_dir"]), options)
+                if figure is not None and s == seeds[0]:
+                    import torch
+
+                    from mlcanon.generative.gan import load_data, load_model
+                    g = torch.Generator().manual_seed(options.seed)
+                    model = load_model(result["run_dir"], config)
+                    panels.append((name, load_data(config, "test")[0], model.sample(2500, generator=g), m))
+            runs.append((m, wall))
         command = f"mlcanon train {name} {flags}; mlcanon eval RUN --num-samples 2500"
-        wall = statistics.median(w for _, _, w in runs)
+        wall = statistics.median(w for _, w in runs)
         for key, unit, ref, scale in (("eval/modes_covered", "modes", 8.0, 1.0),
                                       ("eval/high_quality_fraction", "%", None, 100.0)):
-            values = [scale * m[key] for _, m, _ in runs]
+            values = [scale * m[key] for m, _ in runs]
             rows.append(Row(name=f"{name} toy2d:8gaussians: {key.split('/')[1]}", command=command,
                             ours=statistics.median(values), unit=unit, reference=ref,
                             reference_label="all modes" if ref else "", higher_is_better=True, wall_s=wall,
                             notes=f"median of seeds {', '.join(map(str, seeds))}: "
                                   f"{', '.join(f'{v:.3g}' for v in values)}; wall = training per seed"))
+    if figure is not None:
+        _collapse_figure(panels, figure, seeds[0])
     return rows
+
+
+def _collapse_figure(panels: list, out: Path, seed: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4), sharex=True, sharey=True)
+    for ax, (name, real, fake, m) in zip(axes, panels):
+        ax.scatter(real[:2500, 0], real[:2500, 1], s=2, c="0.75", label="data")
+        ax.scatter(fake[:, 0], fake[:, 1], s=2, c="C3", alpha=0.5, label="samples")
+        ax.set_title(f"{name}: {m['eval/modes_covered']} / 8 modes, "
+                     f"{100 * m['eval/high_quality_fraction']:.0f}% HQ", fontsize=9)
+        ax.set_xlim(-4.5, 4.5)
+        ax.set_ylim(-4.5, 4.5)
+        ax.set_aspect("equal")
+    axes[0].legend(loc="upper left", fontsize=7, markerscale=3)
+    fig.suptitle(f"toy2d:8gaussians, noise 0.05, 5,000 G-steps, seed {seed}: 2,500 samples", fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+@bench("gan-mode-coverage", suites=("full",), description="modes covered on toy2d:8gaussians: GAN, unrolled, WGAN-GP")
+def mode_coverage() -> list[Row]:
+    return _mode_rows(MODE_CASES, (0, 1, 2, 3, 4))
+
+
+@bench("gan-mode-collapse", suites=("full",),
+       description="narrow modes (toy2d:8gaussians, --toy-noise 0.05): GAN, unrolled, WGAN-GP, 5 seeds",
+       footer=f"![samples of each variant, seed 0]({COLLAPSE_FIGURE.relative_to('docs')})")
+def mode_collapse() -> list[Row]:
+    return _mode_rows([(n, f + NARROW) for n, f in MODE_CASES], (0, 1, 2, 3, 4), figure=COLLAPSE_FIGURE)
 
 
 #: (name, flags, CPU flags): the GPU budget, and the one-thread CPU budget measured for docs/BENCHMARKS.md
