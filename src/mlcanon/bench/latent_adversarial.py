@@ -17,8 +17,9 @@ from mlcanon.config import build_config
 from mlcanon.registry import get
 
 
-def _train_eval(name: str, flags: str, eval_flags: list[str], seed: int) -> tuple[dict, dict, float]:
-    """(train result, eval metrics, wall seconds of training) of one seed in a temporary folder."""
+def _train_eval(name: str, flags: str, eval_flags: list[str], seed: int, keep=None) -> tuple[dict, dict, float]:
+    """(train result, eval metrics, wall seconds of training) of one seed in a temporary folder; ``keep(result,
+    config, options, metrics)`` is called before the folder goes (to draw from the trained model)."""
     algo = get(name)
     with tempfile.TemporaryDirectory() as d:
         config = build_config(algo, flags.split() + ["--seed", str(seed), "--out-dir", d, "--progress", "false"])
@@ -27,6 +28,8 @@ def _train_eval(name: str, flags: str, eval_flags: list[str], seed: int) -> tupl
         wall = time.perf_counter() - t
         options = cfg.from_flags(algo.eval_options, eval_flags, prog=f"mlcanon eval {name}", print_help=False)
         metrics = algo.evaluate(Path(result["run_dir"]), options)
+        if keep is not None:
+            keep(result, config, options, metrics)
     return result, metrics, wall
 
 
@@ -78,25 +81,16 @@ def _mode_rows(cases: list[tuple[str, str]], seeds: tuple[int, ...], figure: Pat
     ``figure``: 2,500 samples of each variant's first seed drawn over the data (the same draw it is scored on)."""
     rows, panels = [], []
     for name, flags in cases:
-        runs = []
-        for s in seeds:
-            algo = get(name)
-            with tempfile.TemporaryDirectory() as d:
-                config = build_config(algo, flags.split() + ["--seed", str(s), "--out-dir", d, "--progress", "false"])
-                t = time.perf_counter()
-                result = algo.train(config)
-                wall = time.perf_counter() - t
-                options = cfg.from_flags(algo.eval_options, ["--num-samples", "2500"], prog=f"mlcanon eval {name}",
-                                         print_help=False)
-                m = algo.evaluate(Path(result["run_dir"]), options)
-                if figure is not None and s == seeds[0]:
-                    import torch
+        def keep(result, config, options, m, name=name):
+            import torch
 
-                    from mlcanon.generative.gan import load_data, load_model
-                    g = torch.Generator().manual_seed(options.seed)
-                    model = load_model(result["run_dir"], config)
-                    panels.append((name, load_data(config, "test")[0], model.sample(2500, generator=g), m))
-            runs.append((m, wall))
+            from mlcanon.generative.gan import load_data, load_model
+            g = torch.Generator().manual_seed(options.seed)
+            model = load_model(result["run_dir"], config)
+            panels.append((name, load_data(config, "test")[0], model.sample(2500, generator=g), m))
+
+        runs = [_train_eval(name, flags, ["--num-samples", "2500"], s,
+                            keep if figure is not None and s == seeds[0] else None)[1:] for s in seeds]
         command = f"mlcanon train {name} {flags}; mlcanon eval RUN --num-samples 2500"
         wall = statistics.median(w for _, w in runs)
         for key, unit, ref, scale in (("eval/modes_covered", "modes", 8.0, 1.0),
