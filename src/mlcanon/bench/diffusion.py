@@ -141,6 +141,53 @@ def ddpm_mnist_gpu() -> list[Row]:
     return rows_of(res, torch.cuda.get_device_name(0))
 
 
+LATENT_GUIDANCE = (0.0, 1.0, 3.0)
+
+
+@bench("latent-diffusion-mnist", suites=("full",),
+       description="latent diffusion on MNIST (defaults, ~1 min CPU): FID and guided label accuracy, 3 seeds")
+def latent_diffusion_mnist() -> list[Row]:
+    """`mlcanon train latent-diffusion --dataset mnist --seed S` (its own 16-d MLP autoencoder first), then
+    `mlcanon eval RUN --sampler ddim --steps 20 --guidance W --num-samples 2000 --bound-examples 0` per w."""
+    import statistics
+
+    from mlcanon import config as cfg
+    from mlcanon.config import build_config
+    from mlcanon.registry import get
+    algo, seeds = get("latent-diffusion"), (0, 1, 2)
+    per_w: dict[float, list[dict]] = {w: [] for w in LATENT_GUIDANCE}
+    walls = []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as d:
+            config = build_config(algo, ["--dataset", "mnist", "--seed", str(seed), "--out-dir", d,
+                                         "--progress", "false"])
+            t = time.perf_counter()
+            run_dir = algo.train(config)["run_dir"]
+            walls.append(time.perf_counter() - t)
+            for w in LATENT_GUIDANCE:
+                flags = ["--num-samples", str(NUM_SAMPLES), "--bound-examples", "0", "--sampler", "ddim", "--steps",
+                         "20", "--guidance", str(w)]
+                options = cfg.from_flags(algo.eval_options, flags, prog="mlcanon eval latent-diffusion",
+                                         print_help=False)
+                per_w[w].append(algo.evaluate(Path(run_dir), options))
+    cmd = ("mlcanon train latent-diffusion --dataset mnist --seed S; mlcanon eval RUN --sampler ddim --steps 20 "
+           f"--guidance W --num-samples {NUM_SAMPLES} --bound-examples 0")
+    rows = []
+    for w, ms in per_w.items():
+        fid = [m["eval/fid"] for m in ms]
+        acc = [100 * m["eval/label_accuracy"] for m in ms]
+        spread = f"seeds {', '.join(map(str, seeds))}: FID {', '.join(f'{v:.1f}' for v in fid)}; label accuracy " \
+                 f"{', '.join(f'{v:.2f}' for v in acc)}%"
+        rows.append(Row(name=f"latent diffusion mnist DDIM-20 w = {w:g}: MNIST-FID ({NUM_SAMPLES} samples)",
+                        command=cmd, ours=statistics.median(fid), unit="FID", higher_is_better=False,
+                        wall_s=statistics.median(walls), notes=f"median; {spread}; wall = training per seed"))
+        rows.append(Row(name=f"latent diffusion mnist DDIM-20 w = {w:g}: label accuracy", command=cmd,
+                        ours=statistics.median(acc), unit="%", reference=98.0 if w else None,
+                        reference_label="target (some w)" if w else "", wall_s=statistics.median(walls),
+                        notes=f"median; {spread}"))
+    return rows
+
+
 def diffusers_speed(device: str, extra: tuple[str, ...] = ()) -> dict:
     script = Path(__file__).resolve().parents[3] / "benchmarks" / "diffusion_vs_diffusers.py"
     if not script.is_file():
