@@ -82,12 +82,9 @@ def _mode_rows(cases: list[tuple[str, str]], seeds: tuple[int, ...], figure: Pat
     rows, panels = [], []
     for name, flags in cases:
         def keep(result, config, options, m, name=name):
-            import torch
-
-            from mlcanon.generative.gan import load_data, load_model
-            g = torch.Generator().manual_seed(options.seed)
-            model = load_model(result["run_dir"], config)
-            panels.append((name, load_data(config, "test")[0], model.sample(2500, generator=g), m))
+            from mlcanon.generative.gan import eval_samples, load_data, load_model
+            samples, _ = eval_samples(load_model(result["run_dir"], config), options.num_samples, options.seed)
+            panels.append((name, load_data(config, "test")[0], samples, m))
 
         runs = [_train_eval(name, flags, ["--num-samples", "2500"], s,
                             keep if figure is not None and s == seeds[0] else None)[1:] for s in seeds]

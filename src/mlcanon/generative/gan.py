@@ -379,7 +379,7 @@ class GAN(nn.Module):
 def load_data(config: GANConfig, split: str = "train") -> tuple[torch.Tensor, torch.Tensor | None]:
     from mlcanon.data import load
     if config.dataset.startswith("toy2d:"):
-        ds = load(config.dataset, split, **({"noise": config.toy_noise} if config.toy_noise else {}))
+        ds = load(config.dataset, split, noise=config.toy_noise or None)      # None: the set's default
     else:
         ds = load(config.dataset, split, data_dir=config.data_dir)
     x, y = ds.x, getattr(ds, "targets", None)
@@ -542,6 +542,17 @@ class GANEvalOptions(EvalOptions):
                                             "the samples are high-quality samples of it", min=0.0, max=1.0)
 
 
+def eval_samples(model: GAN, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The n samples `mlcanon eval --seed S` scores (chunks of 1,000 from one generator seeded S; conditional
+    models cycle through the classes), and their labels (None for unconditional models)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % model.num_classes if model.num_classes else None
+    s = torch.cat([model.sample(len(labels[i:i + 1000]) if labels is not None else min(1000, n - i),
+                                label=None if labels is None else labels[i:i + 1000], generator=g)
+                   for i in range(0, n, 1000)])
+    return s, labels
+
+
 def evaluate(run_dir: str | Path, options: GANEvalOptions | None = None) -> dict:
     """toy2d: modes covered and high-quality fraction (8gaussians), mean log p_data of the samples (closed-form
     sets); 28x28 images: MNIST-FID, precision/recall (fixed MNIST features), label accuracy of conditional
@@ -549,13 +560,9 @@ def evaluate(run_dir: str | Path, options: GANEvalOptions | None = None) -> dict
     options = options or GANEvalOptions()
     _, config = _config(run_dir)
     model = load_model(run_dir, config)
-    g = torch.Generator().manual_seed(options.seed)
     n = options.num_samples
     out: dict[str, float] = {"n": n}
-    labels = torch.arange(n) % model.num_classes if model.num_classes else None
-    s = torch.cat([model.sample(len(labels[i:i + 1000]) if labels is not None else min(1000, n - i),
-                                label=None if labels is None else labels[i:i + 1000], generator=g)
-                   for i in range(0, n, 1000)])
+    s, labels = eval_samples(model, n, options.seed)
     if config.dataset.startswith("toy2d:"):
         from mlcanon.data import toy2d
         toy = config.dataset.split(":", 1)[1]
