@@ -57,3 +57,15 @@ def test_causal_conv1d_receptive_field_and_shift():
         expected = {t - shift - j * d for j in range(k)}
         assert {int(i) for i in torch.nonzero(g).flatten()} == expected
         assert conv.receptive_field == (k - 1) * d + 1
+
+
+def test_masked_conv2d_equals_the_full_masked_kernel_convolution():
+    """The forward convolves only the kernel rows at and above the centre: it must equal the plain same-padded
+    convolution with the whole masked kernel W * M, for every size, mask and dilation."""
+    torch.manual_seed(0)
+    for k, kind, d in ((3, "A", 1), (3, "B", 1), (5, "B", 2), (7, "A", 1), (1, "B", 1)):
+        conv = MaskedConv2d(3, 4, k, mask_type=kind, dilation=d)
+        x = torch.randn(2, 3, 11, 13)
+        full = torch.nn.functional.conv2d(x, conv.weight * conv.mask, conv.bias, padding=d * (k // 2), dilation=d)
+        assert conv(x).shape == full.shape
+        torch.testing.assert_close(conv(x), full, rtol=1e-5, atol=1e-5)

@@ -66,7 +66,13 @@ class MaskedConv2d(nn.Conv2d):
         self.register_buffer("mask", raster_mask(kernel_size, mask_type)[None, None].expand_as(self.weight).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight * self.mask, self.bias)   # conv(x, W * M)
+        # conv(x, W * M). The rows of M below the centre are all zero, so only the top k//2 + 1 kernel rows are
+        # convolved, over x padded above (and left/right) but not below: the same output for ~(k//2+1)/k of the
+        # multiply-adds (a 3 x 3 kernel: 6 taps instead of 9).
+        c = self.kernel_size[0] // 2
+        p = self.dilation[0] * c
+        w = (self.weight * self.mask)[:, :, :c + 1]
+        return F.conv2d(F.pad(x, (p, p, p, 0)), w, self.bias, dilation=self.dilation)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mask_type={self.mask_type!r}"

@@ -184,6 +184,28 @@ def test_gated_pixelcnn_has_no_blind_spot():
         assert seen[i, :j].any() and not seen[i, j:].any() and not seen[i + 1:].any()
 
 
+@pytest.mark.parametrize("name", ["pixelcnn", "gated-pixelcnn"])
+def test_pixelcnn_position_bias_starts_at_the_training_marginals(name):
+    """With the convolutional path silenced (last 1 x 1 conv zero), logit_ij = b_ij, so after init_from_data
+    the model is the independent-pixel model with the smoothed marginals (n_ij + 1/2) / (N + 1):
+    log p(x) = sum_ij [x_ij log p_ij + (1 - x_ij) log(1 - p_ij)]."""
+    torch.manual_seed(0)
+    shape = (1, 4, 5)
+    p_true = torch.linspace(0.05, 0.95, 20).reshape(shape)              # marginals that vary with position
+    x = torch.bernoulli(p_true.expand(200, *shape))
+    model = MODELS[name](shape).double()
+    with torch.no_grad():
+        model.head[-1].weight.zero_()
+        model.head[-1].bias.zero_()
+    model.init_from_data(x.double())
+    p = (x.sum(0, dtype=torch.float64) + 0.5) / (200 + 1)
+    y = torch.zeros(7, dtype=torch.long) if getattr(model, "num_classes", 0) else None
+    xt = torch.bernoulli(p_true.expand(7, *shape)).double()
+    expected = (xt * p.log() + (1 - xt) * (1 - p).log()).sum((1, 2, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(model.log_prob(xt, y), expected, rtol=1e-12, atol=1e-10)
+
+
 def test_class_conditional_gated_pixelcnn_depends_on_the_label():
     from mlcanon.generative.autoregressive.pixelcnn import GatedPixelCNN
     model = _sharpen(GatedPixelCNN((1, 3, 3), channels=4, layers=2, first_kernel=3, num_classes=3))

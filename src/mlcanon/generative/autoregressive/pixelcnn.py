@@ -17,6 +17,14 @@ convolutional pass (teacher forcing):
       y = tanh(W_f * x + V_f^T h) . sigmoid(W_g * x + V_g^T h)
 
   where h is a class embedding (class-conditional model, ``--conditional``).
+
+Position (``--position``, on by default). A convolution is translation-equivariant and the zero padding of a
+binary image is indistinguishable from blank pixels, so without help p(x_ij = 1 | blank context) would be the
+same at the image centre as at its border. Both models therefore add two learned position terms: a feature map
+e[c, i, j] added after the first layer (learned position embeddings, as GPT's; PixelCNN++, Salimans et al. 2017,
+gives its convolutions the border through an extra channel of ones instead) and a per-pixel logit bias b_ij
+initialized at the logit of the training marginals (MADE's output biases, Germain et al. 2015). Neither depends
+on x, so the autoregressive property is untouched.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from mlcanon.generative.autoregressive.binary_images import (
     ImageHooks,
     ImageSampleOptions,
     bernoulli_log_prob,
+    init_bias_to_marginals,
     nll_loss,
     train_image_model,
 )
@@ -49,6 +58,24 @@ class _RasterModel(nn.Module):
 
     image_shape: tuple[int, ...]
     num_classes: int = 0
+    pos_features: nn.Parameter | None
+    pos_logit: nn.Parameter | None
+
+    def _init_position(self, channels: int, position: bool) -> None:
+        C, H, W = self.image_shape
+        self.pos_features = nn.Parameter(torch.zeros(1, channels, H, W)) if position else None  # e[c, i, j]
+        self.pos_logit = nn.Parameter(torch.zeros(1, C, H, W)) if position else None           # b_ij
+
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """b_ij <- logit of the training marginal of pixel (i, j) (before training; a no-op without position)."""
+        if self.pos_logit is not None:
+            init_bias_to_marginals(self.pos_logit.data, x)
+
+    def _add_position(self, h: torch.Tensor) -> torch.Tensor:
+        return h if self.pos_features is None else h + self.pos_features
+
+    def _add_logit_bias(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.pos_logit is None else logits + self.pos_logit
 
     @property
     def generation_order(self) -> torch.Tensor:
@@ -81,19 +108,20 @@ class PixelCNN(_RasterModel):
     """Mask-A k x k input conv, ``layers`` residual blocks h + conv_B(relu(h)), two 1 x 1 convs to the logits."""
 
     def __init__(self, image_shape: Sequence[int], channels: int = 64, layers: int = 6, first_kernel: int = 7,
-                 kernel: int = 3):
+                 kernel: int = 3, position: bool = True):
         super().__init__()
         self.image_shape = tuple(image_shape)
         C = self.image_shape[0]
         self.input = MaskedConv2d(C, channels, first_kernel, "A")            # sees x_<i only
         self.blocks = nn.ModuleList(MaskedConv2d(channels, channels, kernel, "B") for _ in range(layers))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, C, 1))
+        self._init_position(channels, position)
 
     def logits(self, x: torch.Tensor, y=None) -> torch.Tensor:
-        h = self.input(x)
+        h = self._add_position(self.input(x))                                # + e[c, i, j]
         for conv in self.blocks:
             h = h + conv(F.relu(h))                                         # residual, mask B keeps causality
-        return self.head(h)                                                  # 1 x 1: per-pixel
+        return self._add_logit_bias(self.head(h))                            # 1 x 1: per-pixel, + b_ij
 
 
 class GatedLayer(nn.Module):
@@ -135,7 +163,7 @@ class GatedPixelCNN(_RasterModel):
     """Vertical + horizontal stacks of gated layers (no blind spot), optionally class-conditional."""
 
     def __init__(self, image_shape: Sequence[int], channels: int = 64, layers: int = 6, first_kernel: int = 7,
-                 kernel: int = 3, num_classes: int = 0):
+                 kernel: int = 3, num_classes: int = 0, position: bool = True):
         super().__init__()
         self.image_shape, self.num_classes = tuple(image_shape), num_classes
         C = self.image_shape[0]
@@ -143,12 +171,15 @@ class GatedPixelCNN(_RasterModel):
             GatedLayer(C if i == 0 else channels, channels, first_kernel if i == 0 else kernel, i == 0, num_classes)
             for i in range(layers))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, C, 1))
+        self._init_position(channels, position)
 
     def logits(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         v = h = x
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             v, h = layer(v, h, y)
-        return self.head(h)
+            if i == 0:
+                v, h = self._add_position(v), self._add_position(h)          # + e[c, i, j] on both stacks
+        return self._add_logit_bias(self.head(h))                            # + b_ij
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -160,6 +191,9 @@ class PixelCNNConfig(BinaryImageConfig):
     layers: int = option(6, "residual blocks of mask-B convolutions", min=0)
     first_kernel: int = option(7, "kernel size of the mask-A input convolution (odd)", min=1)
     kernel: int = option(3, "kernel size of the mask-B convolutions (odd)", min=1)
+    position: bool = option(True, "learned position terms: a feature map added after the first layer and a "
+                                  "per-pixel logit bias started at the training marginals (off: translation-"
+                                  "equivariant convolutions only)")
 
     def check(self) -> None:
         super().check()
@@ -181,24 +215,30 @@ class GatedPixelCNNConfig(PixelCNNConfig):
 
 
 def build_pixelcnn(config: PixelCNNConfig) -> PixelCNN:
-    return PixelCNN((1, 28, 28), config.channels, config.layers, config.first_kernel, config.kernel)
+    return PixelCNN((1, 28, 28), config.channels, config.layers, config.first_kernel, config.kernel,
+                    position=config.position)
 
 
 def build_gated(config: GatedPixelCNNConfig) -> GatedPixelCNN:
     return GatedPixelCNN((1, 28, 28), config.channels, config.layers, config.first_kernel, config.kernel,
-                         num_classes=10 if config.conditional else 0)
+                         num_classes=10 if config.conditional else 0, position=config.position)
 
 
 def train_pixelcnn(config: PixelCNNConfig, run: Run | None = None) -> dict:
     """Maximum likelihood (all conditionals in one pass); best by validation NLL."""
     run = Run.start("pixelcnn", config, run)
-    return train_image_model("pixelcnn", config, run, build_pixelcnn(config))
+    return train_image_model("pixelcnn", config, run, build_pixelcnn(config), init=_init_from_data)
 
 
 def train_gated(config: GatedPixelCNNConfig, run: Run | None = None) -> dict:
     """Maximum likelihood of p(x) or p(x | label); best by validation NLL."""
     run = Run.start("gated-pixelcnn", config, run)
-    return train_image_model("gated-pixelcnn", config, run, build_gated(config), conditional=config.conditional)
+    return train_image_model("gated-pixelcnn", config, run, build_gated(config), conditional=config.conditional,
+                             init=_init_from_data)
+
+
+def _init_from_data(model: _RasterModel, x: torch.Tensor) -> None:
+    model.init_from_data(x)
 
 
 def _is_conditional(config) -> bool:
