@@ -51,6 +51,7 @@ from mlcanon.generative.autoregressive.binary_images import (
 from mlcanon.nn.masked import MaskedConv2d
 from mlcanon.registry import register
 from mlcanon.runs import Run
+from mlcanon.training import LR_SCHEDULES
 
 
 class _RasterModel(nn.Module):
@@ -194,6 +195,10 @@ class PixelCNNConfig(BinaryImageConfig):
     position: bool = option(True, "learned position terms: a feature map added after the first layer and a "
                                   "per-pixel logit bias started at the training marginals (off: translation-"
                                   "equivariant convolutions only)")
+    batch_size: int = option(64, "global mini-batch size", min=1)
+    epochs: int = option(8, "passes over the training set (the budget unless --max-steps is set)", min=1)
+    lr: float = option(2e-3, "peak learning rate (Adam, decayed by --lr-schedule)", min=0.0)
+    lr_schedule: str = option("cosine", "learning-rate decay after warm-up", choices=LR_SCHEDULES)
 
     def check(self) -> None:
         super().check()
