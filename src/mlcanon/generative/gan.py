@@ -547,7 +547,7 @@ def eval_samples(model: GAN, n: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     models cycle through the classes), and their labels (None for unconditional models)."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % model.num_classes if model.num_classes else None
-    s = torch.cat([model.sample(len(labels[i:i + 1000]) if labels is not None else min(1000, n - i),
+    s = torch.cat([model.sample(min(1000, n - i),
                                 label=None if labels is None else labels[i:i + 1000], generator=g)
                    for i in range(0, n, 1000)])
     return s, labels

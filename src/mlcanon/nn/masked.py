@@ -71,7 +71,7 @@ class MaskedConv2d(nn.Conv2d):
         # multiply-adds (a 3 x 3 kernel: 6 taps instead of 9).
         c = self.kernel_size[0] // 2
         p = self.dilation[0] * c
-        w = (self.weight * self.mask)[:, :, :c + 1]
+        w = self.weight[:, :, :c + 1] * self.mask[:, :, :c + 1]
         return F.conv2d(F.pad(x, (p, p, p, 0)), w, self.bias, dilation=self.dilation)
 
     def extra_repr(self) -> str:

@@ -232,18 +232,15 @@ def build_gated(config: GatedPixelCNNConfig) -> GatedPixelCNN:
 def train_pixelcnn(config: PixelCNNConfig, run: Run | None = None) -> dict:
     """Maximum likelihood (all conditionals in one pass); best by validation NLL."""
     run = Run.start("pixelcnn", config, run)
-    return train_image_model("pixelcnn", config, run, build_pixelcnn(config), init=_init_from_data)
+    return train_image_model("pixelcnn", config, run, build_pixelcnn(config),
+                             init=_RasterModel.init_from_data)
 
 
 def train_gated(config: GatedPixelCNNConfig, run: Run | None = None) -> dict:
     """Maximum likelihood of p(x) or p(x | label); best by validation NLL."""
     run = Run.start("gated-pixelcnn", config, run)
     return train_image_model("gated-pixelcnn", config, run, build_gated(config), conditional=config.conditional,
-                             init=_init_from_data)
-
-
-def _init_from_data(model: _RasterModel, x: torch.Tensor) -> None:
-    model.init_from_data(x)
+                             init=_RasterModel.init_from_data)
 
 
 def _is_conditional(config) -> bool:
