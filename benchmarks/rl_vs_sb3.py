@@ -5,7 +5,9 @@
 Same protocol on both sides (issue #16): 10 deterministic evaluation episodes every 1,000 env steps, stop at the
 first mean >= 475 (SB3: EvalCallback + StopTrainingOnRewardThreshold; ours: --target-return 475). Wall-clock runs
 from building the agent to the end of training, in this process, imports aside, with and without evaluation time.
-SB3 uses its rl-baselines3-zoo CartPole-v1 hyperparameters; ours its defaults (the same values). SB3 is a
+SB3 uses its rl-baselines3-zoo CartPole-v1 hyperparameters; ours its defaults (the same values, except DQN's
+training cadence, 32 gradient steps every 64 env steps instead of 128 every 256; the bench entry also runs both
+sides at equal values). SB3 is a
 bench-only extra (``pip install stable-baselines3``); without it only our side runs. The runners are those of the
 bench entry ``deep-rl-cartpole`` (:mod:`mlcanon.bench.deep_rl`).
 """

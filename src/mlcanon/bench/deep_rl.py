@@ -4,7 +4,8 @@ with Stable-Baselines3 in the same run.
 Protocol (issue #16, the same on both sides): 10 deterministic (greedy) episodes every 1,000 env steps, stop at the
 first mean >= 475 (ours: ``--target-return 475``; SB3: ``EvalCallback`` + ``StopTrainingOnRewardThreshold``);
 seeds 0-2, median. SB3 runs with its rl-baselines3-zoo CartPole-v1 hyperparameters, ours with its defaults (the
-same values). Wall-clock on both sides runs from building the agent (envs, networks, optimizer) to the end of
+same values, except DQN's training cadence: 32 gradient steps every 64 env steps instead of 128 every 256; so the
+DQN rows add both sides at equal values, rl-zoo's and ours). Wall-clock on both sides runs from building the agent (envs, networks, optimizer) to the end of
 training, in this process; ours is the whole ``train`` call that ``mlcanon train`` makes, so it also pays for
 what SB3 does not write (the run folder, TensorBoard events, checkpoints, curves.png). Imports aside:
 ``torch._dynamo``, which every ``torch.optim`` optimizer imports when the first one is built (~2 s), is imported
@@ -49,6 +50,23 @@ ZOO = {
 QUOTED = {"ppo": (15_000, 12.6), "dqn": (15_000, 22.2)}
 
 
+# rl-zoo's DQN CartPole-v1 values in our option names (where our defaults differ from them)
+DQN_ZOO = {"hidden": (256, 256), "train_every": 256, "gradient_steps": 128}
+
+
+def sb3_dqn_kwargs(overrides: dict | None = None) -> dict:
+    """SB3 ``DQN`` arguments carrying our DQN defaults (with ``overrides``): the same algorithm line by line (target
+    update every n env steps, linear epsilon, Huber loss, clip 10, Adam), so both sides do the same arithmetic."""
+    from mlcanon.rl.dqn import DQNConfig
+    c = DQNConfig(**(overrides or {}))
+    return {"learning_rate": c.lr, "batch_size": c.batch_size, "buffer_size": c.buffer_size,
+            "learning_starts": c.learning_starts, "gamma": c.gamma, "target_update_interval": c.target_update_every,
+            "train_freq": c.train_every, "gradient_steps": c.gradient_steps, "tau": c.tau,
+            "exploration_fraction": c.exploration_fraction, "exploration_initial_eps": c.epsilon_start,
+            "exploration_final_eps": c.epsilon_end, "max_grad_norm": c.max_grad_norm,
+            "policy_kwargs": {"net_arch": list(c.hidden)}}
+
+
 def sb3_available() -> bool:
     return importlib.util.find_spec("stable_baselines3") is not None
 
@@ -58,14 +76,16 @@ def warm_imports() -> None:
     import torch._dynamo  # noqa: F401
 
 
-def run_ours(name: str, seed: int, out_dir: str | None = None) -> dict:
-    """``mlcanon train NAME --target-return 475 --eval-every 1000 --eval-episodes 10 --seed SEED`` in-process:
-    {steps (None when 475 was not reached), best, wall_s, wall_no_eval_s}."""
+def run_ours(name: str, seed: int, out_dir: str | None = None, overrides: dict | None = None) -> dict:
+    """``mlcanon train NAME --target-return 475 --eval-every 1000 --eval-episodes 10 --seed SEED`` in-process
+    (``overrides``: other config values, e.g. :data:`DQN_ZOO`): {steps (None when 475 was not reached), best,
+    wall_s, wall_no_eval_s, learn_s}."""
     from mlcanon import registry
     algo = registry.get(name)
     warm_imports()
     with tempfile.TemporaryDirectory() as tmp:
-        config = algo.config_cls(seed=seed, out_dir=out_dir or tmp, total_steps=ZOO[name]["budget"], **PROTOCOL)
+        config = algo.config_cls(seed=seed, out_dir=out_dir or tmp, total_steps=ZOO[name]["budget"],
+                                 **{**PROTOCOL, **(overrides or {})})
         t0 = time.perf_counter()       # the whole train call: run folder, agent, learning, checkpoints, curves.png
         r = algo.train(config)
         wall = time.perf_counter() - t0
@@ -73,15 +93,16 @@ def run_ours(name: str, seed: int, out_dir: str | None = None) -> dict:
             "wall_no_eval_s": wall - r["eval_seconds"], "learn_s": r["wall_seconds"]}
 
 
-def run_sb3(name: str, seed: int) -> dict:
-    """The same protocol with Stable-Baselines3 and its rl-zoo hyperparameters (same keys as :func:`run_ours`)."""
+def run_sb3(name: str, seed: int, kw: dict | None = None) -> dict:
+    """The same protocol with Stable-Baselines3 and its rl-zoo hyperparameters (``kw``: other SB3 arguments
+    instead, e.g. :func:`sb3_dqn_kwargs`); the same keys as :func:`run_ours`."""
     import stable_baselines3 as sb
     from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
     from stable_baselines3.common.env_util import make_vec_env
 
     warm_imports()
     z = ZOO[name]
-    kw = {k: (lambda p, v=v[1]: p * v) if isinstance(v, tuple) else v for k, v in z["kw"].items()}
+    kw = {k: (lambda p, v=v[1]: p * v) if isinstance(v, tuple) else v for k, v in (kw or z["kw"]).items()}
     eval_time = [0.0]
 
     class TimedEval(EvalCallback):
@@ -163,4 +184,34 @@ def _deep_rl_cartpole_rows() -> list[Row]:
         rows.append(Row(name=f"{name} CartPole-v1 wall-clock to 475, s (target: 0.25x SB3's)", command=cmd,
                         ours=o_wall, unit="s", reference=None if p_wall is None else 0.25 * p_wall,
                         reference_label=f"0.25x {label}", higher_is_better=False, wall_s=o_wall, notes=note))
+        if name == "dqn" and peer is not None and _dqn_defaults_differ_from_zoo():
+            rows += _dqn_same_values_rows(ours, peer, cmd)
+    return rows
+
+
+def _dqn_defaults_differ_from_zoo() -> bool:
+    from mlcanon.rl.dqn import DQNConfig
+    c = DQNConfig()
+    return any(getattr(c, k) != v for k, v in DQN_ZOO.items())
+
+
+def _dqn_same_values_rows(ours: list[dict], peer: list[dict], cmd: str) -> list[Row]:
+    """Where our DQN defaults are not rl-zoo's, the implementations compared at equal hyper-parameters, both ways:
+    ours at rl-zoo's values against SB3's runs above, and SB3 given our defaults against our runs above (so
+    the speed ratio is not a ratio of arithmetic). Peer comparisons, not targets."""
+    zoo_flags = " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                         for k, v in DQN_ZOO.items())
+    ours_zoo = [run_ours("dqn", s, overrides=DQN_ZOO) for s in SEEDS]
+    peer_ours = [run_sb3("dqn", s, kw=sb3_dqn_kwargs()) for s in SEEDS]
+    rows = []
+    for what, o, p, c in (("rl-zoo's values on both sides", ours_zoo, peer, f"{cmd} {zoo_flags}"),
+                          ("our default values on both sides (SB3 given them)", ours, peer_ours, cmd)):
+        o_wall, p_wall = median(o, "wall_s"), median(p, "wall_s")
+        note = (f"ours solved at {[r['steps'] for r in o]} env steps, SB3 at {[r['steps'] for r in p]} (medians "
+                f"{median(o, 'steps'):.0f} / {median(p, 'steps'):.0f}); wall-clock ours/SB3 {o_wall / p_wall:.2f} "
+                f"(without evaluation {median(o, 'wall_no_eval_s'):.1f} / {median(p, 'wall_no_eval_s'):.1f} s); "
+                f"SB3 arguments {sb3_dqn_kwargs(DQN_ZOO if p is peer else None)}; {_load()}")
+        rows.append(Row(name=f"dqn CartPole-v1 wall-clock to 475, s, {what}", command=c, ours=o_wall, unit="s",
+                        reference=p_wall, reference_label="SB3 (same run)", higher_is_better=False,
+                        wall_s=o_wall, notes=note, is_target=False))
     return rows

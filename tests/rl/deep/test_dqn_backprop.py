@@ -135,3 +135,29 @@ def test_hand_passes_run_on_a_deep_copy_s_own_weights():
         mlp_backward(mlp_forward(x, twin), twin, torch.ones(5, 2))
     assert all(bool(p.grad.abs().sum() > 0) for p in twin.parameters())
     assert all(bool(p.grad.abs().sum() == 0) for p in net.parameters())   # the original's gradient untouched
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_phase_targets_in_chunks_are_the_formula_row_by_row(double):
+    """td_target passes a phase's next states through the nets 1,024 rows at a time: every row, in the first chunk,
+    across a chunk boundary and in the last partial chunk, is y = r + discount (1 - terminated) Q_target(s', a*)
+    computed for that row alone (a* = argmax Q_target, or argmax Q for Double DQN)."""
+    agent = _agent(double=double, hidden=(32, 24))
+    with torch.no_grad():                     # a target net different from the online net (Double DQN shows)
+        for p in agent.target.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    gen = torch.Generator().manual_seed(4)
+    n = 2 * 1024 + 77
+    b = {"next_obs": torch.randn(n, 4, generator=gen), "rewards": torch.randn(n, generator=gen),
+         "discount": torch.full((n,), 0.99), "terminated": torch.rand(n, generator=gen) < 0.2}
+    y = agent.td_target(b)
+    assert y.shape == (n,)
+    for i in (0, 1023, 1024, 2047, 2048, n - 1):
+        s = b["next_obs"][i:i + 1].double()
+        qt = copy.deepcopy(agent.target).double()(s)[0].detach()
+        picker = (copy.deepcopy(agent.q).double()(s)[0] if double else qt).detach()
+        assert abs(float(picker[0] - picker[1])) > 1e-4      # no near-tie: float32 and float64 pick the same a*
+        a_star = int(picker.argmax())
+        want = float(b["rewards"][i]) + 0.99 * (not bool(b["terminated"][i])) * float(qt[a_star])
+        # float32 passes of a 4-32-24-2 net, O(1) values: within (4 + 32 + 24) eps32 of the float64 row
+        assert abs(float(y[i]) - want) <= 60 * EPS32 * max(1.0, abs(want)), (i, float(y[i]), want)
