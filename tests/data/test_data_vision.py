@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -189,3 +191,18 @@ def test_digits_splits_shapes_ranges():
 def test_unknown_name_is_a_user_error():
     with pytest.raises(UserError, match="unknown data set"):
         D.load("imagenet")
+
+
+def test_loading_digits_leaves_python_s_random_stream_alone():
+    """The first load_digits in a process imports sklearn, whose import can draw from Python's global `random`
+    (rich.style does, when rich is installed): the stream must be as before, or a run's RNG state would depend
+    on what an earlier run in the same process had imported (the resume contract compares it bitwise)."""
+    code = ("import random, sys\n"
+            "assert 'sklearn' not in sys.modules\n"
+            "from mlcanon.data.vision import load_digits\n"
+            "random.seed(1); s = random.getstate()\n"
+            "load_digits('train')\n"
+            "assert 'sklearn' in sys.modules\n"
+            "print(random.getstate() == s)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import random
 import tarfile
 import zlib
 from pathlib import Path
@@ -258,7 +259,12 @@ def load_digits(split: str, val_fraction: float = 0.1, test_fraction: float = 0.
     (10%) valid, the rest (70%) train; the three are disjoint.
     """
     check_split(split)
-    from sklearn.datasets import load_digits as _sk_load_digits  # lazy: sklearn is slow to import
+    # lazy: sklearn is slow to import. Its import can draw from Python's global `random` (with `rich` installed,
+    # rich.style takes getrandbits(24) when imported): the stream is put back, so a run's random state does not
+    # depend on whether an earlier run in this process had imported sklearn (resume compares it bitwise)
+    state = random.getstate()
+    from sklearn.datasets import load_digits as _sk_load_digits
+    random.setstate(state)
 
     d = _sk_load_digits()
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # [1797, 1, 8, 8] in [0, 1]
