@@ -289,7 +289,7 @@ class DQN(Agent):
         is :meth:`loss_derivative_rows` of the actions (computed here if not given).
 
         At a [64 x 256] minibatch autograd's bookkeeping costs as much as the matrix products; this is the same
-        arithmetic with a third of the torch calls, into preallocated tensors. Backpropagation (Goodfellow et al.
+        arithmetic with about a third fewer torch calls, into preallocated tensors. Backpropagation (Goodfellow et al.
         2016, algorithm 6.4), layer l being z_l = h_{l-1} W_l^T + b_l, h_l = act(z_l), h_0 = s, Q = z_L:
             dL/dz_L = e_{a_i} huber'(Q(s_i, a_i) - y_i) / B, huber'(d) = clamp(d, -1, 1)   (MSE: 2 d)
             dL/dW_l = dL/dz_l^T h_{l-1},   dL/db_l = sum_i dL/dz_l[i]
