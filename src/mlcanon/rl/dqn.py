@@ -49,7 +49,7 @@ from mlcanon.rl.agent import (
 )
 from mlcanon.rl.buffers import PrioritizedReplayBuffer, ReplayBuffer, beta_at
 from mlcanon.rl.exploration import make_schedule
-from mlcanon.rl.policies import flat_parameters, mlp, mlp_numpy, numpy_views
+from mlcanon.rl.policies import flat_parameters, mlp, mlp_backward, mlp_forward, mlp_numpy, numpy_views
 from mlcanon.rl.returns import polyak_update
 from mlcanon.rl.vec_env import VecEnv
 from mlcanon.runs import Run
@@ -263,23 +263,17 @@ class DQN(Agent):
         c = (1.0 if self.config.loss == "huber" else 2.0) / actions.shape[-2]
         return torch.zeros(*actions.shape[:-1], self.n_actions, device=actions.device).scatter_(-1, actions, c)
 
-    def _hand_plan(self, B: int) -> dict:
-        """What :meth:`backprop` reuses at every step for minibatches of B rows: per layer the weight, its transpose
-        and the bias (views of the flat parameter vector: they follow the optimizer's in-place updates and
-        load_state_dict), their gradients' views, and preallocated activations and deltas (no allocation per step)."""
-        key = (B, self.flat.data_ptr(), self.flat.grad.data_ptr())
-        plan = self.__dict__.get("_plan")
-        if plan is None or plan["key"] != key:
+    def _hand_buffers(self, B: int) -> dict:
+        """Preallocated tensors for :meth:`backprop` at minibatches of B rows (no allocation per step): each layer's
+        output and delta (:func:`mlp_forward`'s ``out``, :func:`mlp_backward`'s ``work``), the TD error, dL/dQ."""
+        bufs = self.__dict__.get("_buffers")
+        if bufs is None or bufs["B"] != B:
             lins = [m for m in self.q.q if isinstance(m, nn.Linear)]
             new = lambda n: torch.empty(B, n, device=self.device)
-            plan = self.__dict__["_plan"] = {
-                "key": key, "tanh": self.config.activation == "tanh",
-                "W": [m.weight.detach() for m in lins], "Wt": [m.weight.detach().t() for m in lins],
-                "b": [m.bias.detach() for m in lins], "gW": [m.weight.grad for m in lins],
-                "gWt": [m.weight.grad.t() for m in lins], "gb": [m.bias.grad for m in lins],
-                "h": [new(m.out_features) for m in lins], "dh": [new(m.in_features) for m in lins],
+            bufs = self.__dict__["_buffers"] = {
+                "B": B, "h": [new(m.out_features) for m in lins], "dh": [new(m.in_features) for m in lins],
                 "d": new(1), "dz": new(lins[-1].out_features)}
-        return plan
+        return bufs
 
     @torch.no_grad()
     def backprop(self, obs: torch.Tensor, actions: torch.Tensor, y: torch.Tensor, q_sa: torch.Tensor,
@@ -295,33 +289,14 @@ class DQN(Agent):
             dL/dW_l = dL/dz_l^T h_{l-1},   dL/db_l = sum_i dL/dz_l[i]
             dL/dz_{l-1} = (dL/dz_l W_l) * act'(z_{l-1}),  relu'(z) = [h > 0],  tanh'(z) = 1 - h^2
         """
-        P = self._hand_plan(len(obs))
-        W, Wt, b, gW, gb, h, dh, tanh = P["W"], P["Wt"], P["b"], P["gW"], P["gb"], P["h"], P["dh"], P["tanh"]
-        L = len(W)
-        x = obs                                                         # h_0 = s
-        for i in range(L):
-            if i == L - 1:
-                x = torch.addmm(b[i], x, Wt[i], out=h[i])               # Q(s, .) = z_L
-            elif tanh:   # tanh(z) = 2 sigmoid(2z) - 1 (within 2e-7 of torch.tanh, which costs about 2x on CPU)
-                x = torch.addmm(b[i], x, Wt[i], beta=2, alpha=2, out=h[i]).sigmoid_().mul_(2).sub_(1)
-            else:
-                x = torch.addmm(b[i], x, Wt[i], out=h[i]).relu_()      # h_l = relu(h_{l-1} W_l^T + b_l)
-        torch.gather(x, 1, actions, out=q_sa)                           # Q(s_i, a_i)
+        P = self._hand_buffers(len(obs))
+        hs = mlp_forward(obs, self.q.q, out=P["h"])                    # [h_0 = s, h_1, ..., Q(s, .) = z_L]
+        torch.gather(hs[-1], 1, actions, out=q_sa)                      # Q(s_i, a_i)
         d = torch.sub(q_sa, y, out=P["d"])                              # TD error (negated)
         if self.config.loss == "huber":
             d.clamp_(-1.0, 1.0)                                         # huber'(d)
         dz = torch.mul(self.loss_derivative_rows(actions) if dq is None else dq, d, out=P["dz"])   # dL/dz_L
-        for i in range(L - 1, -1, -1):
-            inp = h[i - 1] if i > 0 else obs                            # h_{l-1}
-            if i == 0:   # dW_1^T = s^T dz_1, written through the transposed view: [4 x B] x [B x 256] is a fast
-                torch.mm(inp.t(), dz, out=P["gWt"][0])   # shape for the BLAS, [256 x B] x [B x 4] a slow one
-            else:
-                torch.mm(dz.t(), inp, out=gW[i])                        # dL/dW_l = dz_l^T h_{l-1}
-            torch.sum(dz, 0, out=gb[i])                                 # dL/db_l
-            if i > 0:
-                g = torch.mm(dz, W[i], out=dh[i])                       # dL/dh_{l-1}
-                dz = (torch.ops.aten.tanh_backward.grad_input(g, inp, grad_input=g) if tanh      # * (1 - h^2)
-                      else torch.ops.aten.threshold_backward.grad_input(g, inp, 0, grad_input=g))   # * [h > 0]
+        mlp_backward(hs, self.q.q, dz, work=P["dh"])                    # dL/dW_l, dL/db_l into the flat gradient
 
     def optimizer_step(self) -> None:
         """Clip the global gradient norm (as clip_grad_norm_: g <- g min(1, c / (|g| + 1e-6))), then one Adam step.

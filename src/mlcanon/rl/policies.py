@@ -156,32 +156,42 @@ def _linears(seq: torch.nn.Sequential) -> list[tuple[torch.nn.Linear, str | None
     return layers
 
 
-def mlp_forward(x: torch.Tensor, seq: torch.nn.Sequential) -> list[torch.Tensor]:
+def mlp_forward(x: torch.Tensor, seq: torch.nn.Sequential, out: list[torch.Tensor] | None = None
+                ) -> list[torch.Tensor]:
     """The MLP's input and the output of every layer (after its activation): [x, h_1, ..., h_L]. tanh(y) is computed
-    as 2 sigmoid(2y) - 1 (within 2e-7 of torch.tanh, which costs about 2x on CPU), 2y by addmm's scale factors."""
+    as 2 sigmoid(2y) - 1 (within 2e-7 of torch.tanh, which costs about 2x on CPU), 2y by addmm's scale factors.
+    ``out``: preallocated [B, width] tensors, one per Linear, written instead of new ones (no grad: DQN's steps)."""
     hs = [x]
-    for lin, act in _linears(seq):
+    for i, (lin, act) in enumerate(_linears(seq)):
+        o = {} if out is None else {"out": out[i]}
         if act == "Tanh":
-            hs.append(torch.addmm(lin.bias, hs[-1], lin.weight.t(), beta=2, alpha=2).sigmoid_().mul_(2).sub_(1))
+            hs.append(torch.addmm(lin.bias, hs[-1], lin.weight.t(), beta=2, alpha=2, **o).sigmoid_().mul_(2).sub_(1))
         else:
-            y = torch.addmm(lin.bias, hs[-1], lin.weight.t())           # h W^T + b
+            y = torch.addmm(lin.bias, hs[-1], lin.weight.t(), **o)      # h W^T + b
             hs.append(y.relu_() if act == "ReLU" else y)                # (y itself is not kept)
     return hs
 
 
-def mlp_backward(hs: list[torch.Tensor], seq: torch.nn.Sequential, dy: torch.Tensor) -> None:
+@torch.no_grad()
+def mlp_backward(hs: list[torch.Tensor], seq: torch.nn.Sequential, dy: torch.Tensor,
+                 work: list[torch.Tensor] | None = None) -> None:
     """Back-propagation (Rumelhart et al. 1986) of dL/dh_L through the MLP, into the parameters' .grad:
     dW_l = delta_l^T h_{l-1}, db_l = sum_rows delta_l, delta_{l-1} = (delta_l W_l) * f'(h_{l-1}) with
-    tanh' = 1 - tanh^2 and relu' = 1[h > 0]."""
+    tanh' = 1 - tanh^2 and relu' = 1[h > 0]. ``work``: preallocated [B, in_features] tensors, one per Linear, for
+    the deltas (instead of new ones)."""
     layers = _linears(seq)
     for i in range(len(layers) - 1, -1, -1):
         lin = layers[i][0]
-        torch.mm(dy.t(), hs[i], out=lin.weight.grad)
+        if i == 0:   # dW_1^T = h_0^T delta_1 through the transposed view: [in x B] x [B x out] is a fast shape for the
+            torch.mm(hs[0].t(), dy, out=lin.weight.grad.t())   # BLAS when in is an observation's few numbers
+        else:
+            torch.mm(dy.t(), hs[i], out=lin.weight.grad)
         torch.sum(dy, 0, out=lin.bias.grad)
         if i > 0:
-            dh, act = dy @ lin.weight, layers[i - 1][1]
-            dy = (torch.ops.aten.tanh_backward(dh, hs[i]) if act == "Tanh"            # dh (1 - h^2)
-                  else torch.ops.aten.threshold_backward(dh, hs[i], 0))            # dh [h > 0], in one op
+            dh = dy @ lin.weight if work is None else torch.mm(dy, lin.weight, out=work[i])
+            dy = (torch.ops.aten.tanh_backward.grad_input(dh, hs[i], grad_input=dh)          # dh (1 - h^2)
+                  if layers[i - 1][1] == "Tanh"                                            # dh [h > 0], in one op:
+                  else torch.ops.aten.threshold_backward.grad_input(dh, hs[i], 0, grad_input=dh))   # both in place
 
 
 def numpy_views(linears: list[nn.Linear]) -> list[tuple[np.ndarray, np.ndarray]]:
