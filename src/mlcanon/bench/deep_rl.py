@@ -5,8 +5,8 @@ Protocol (issue #16, the same on both sides): 10 deterministic (greedy) episodes
 first mean >= 475 (ours: ``--target-return 475``; SB3: ``EvalCallback`` + ``StopTrainingOnRewardThreshold``);
 seeds 0-2, median. SB3 runs with its rl-baselines3-zoo CartPole-v1 hyperparameters, ours with its defaults (the
 same values, except DQN's training cadence: 32 gradient steps every 64 env steps instead of 128 every 256; so the
-DQN rows add both sides at equal values, rl-zoo's and ours). Wall-clock on both sides runs from building the agent (envs, networks, optimizer) to the end of
-training, in this process; ours is the whole ``train`` call that ``mlcanon train`` makes, so it also pays for
+DQN rows add both sides at equal values, rl-zoo's and ours). Wall-clock on both sides runs from building the agent
+(envs, networks, optimizer) to the end of training, in this process; ours is the whole ``train`` call that ``mlcanon train`` makes, so it also pays for
 what SB3 does not write (the run folder, TensorBoard events, checkpoints, curves.png). Imports aside:
 ``torch._dynamo``, which every ``torch.optim`` optimizer imports when the first one is built (~2 s), is imported
 before either side is timed. Evaluation time is measured on both sides,
@@ -204,13 +204,14 @@ def _dqn_same_values_rows(ours: list[dict], peer: list[dict], cmd: str) -> list[
     ours_zoo = [run_ours("dqn", s, overrides=DQN_ZOO) for s in SEEDS]
     peer_ours = [run_sb3("dqn", s, kw=sb3_dqn_kwargs()) for s in SEEDS]
     rows = []
-    for what, o, p, c in (("rl-zoo's values on both sides", ours_zoo, peer, f"{cmd} {zoo_flags}"),
-                          ("our default values on both sides (SB3 given them)", ours, peer_ours, cmd)):
+    for what, o, p, c, sb3_args in (
+            ("rl-zoo's values on both sides", ours_zoo, peer, f"{cmd} {zoo_flags}", sb3_dqn_kwargs(DQN_ZOO)),
+            ("our default values on both sides (SB3 given them)", ours, peer_ours, cmd, sb3_dqn_kwargs())):
         o_wall, p_wall = median(o, "wall_s"), median(p, "wall_s")
         note = (f"ours solved at {[r['steps'] for r in o]} env steps, SB3 at {[r['steps'] for r in p]} (medians "
                 f"{median(o, 'steps'):.0f} / {median(p, 'steps'):.0f}); wall-clock ours/SB3 {o_wall / p_wall:.2f} "
                 f"(without evaluation {median(o, 'wall_no_eval_s'):.1f} / {median(p, 'wall_no_eval_s'):.1f} s); "
-                f"SB3 arguments {sb3_dqn_kwargs(DQN_ZOO if p is peer else None)}; {_load()}")
+                f"SB3 arguments {sb3_args}; {_load()}")
         rows.append(Row(name=f"dqn CartPole-v1 wall-clock to 475, s, {what}", command=c, ours=o_wall, unit="s",
                         reference=p_wall, reference_label="SB3 (same run)", higher_is_better=False,
                         wall_s=o_wall, notes=note, is_target=False))
