@@ -16,7 +16,8 @@ The semantics are SB3's and CleanRL's: the target update interval counts env ste
 ``--exploration-fraction`` of the budget, random actions before ``--learning-starts``, Huber loss, gradient norm
 clipped to 10, Adam (eps 1e-8), greedy evaluation, truncation bootstraps. Greedy actions are computed in numpy on
 views of the weights (:meth:`QNetwork.forward_numpy`): per env step, torch's call overhead would dominate. For
-the same reason the plain MLP's gradient is written by hand (:meth:`DQN.backprop`, checked against autograd by
+the same reason the plain MLP's gradient is written by hand (:meth:`DQN.backprop`, and on the CPU
+:meth:`DQN.backprop_host` with the small products in numpy; both checked against autograd by
 tests/rl/deep/test_dqn_backprop.py); dueling heads and prioritized replay use autograd (:meth:`DQN.update`).
 Options: dueling heads Q = V + A - mean_a A (Wang et al. 2016, eq. 9); prioritized replay (Schaul et al. 2016).
 Defaults are rl-baselines3-zoo's CartPole-v1 hyperparameters, except the training cadence: 32 gradient steps every
@@ -28,6 +29,7 @@ CartPole-v1 in a median 20,500 env steps instead of 26,500, 20/20 both; docs/BEN
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -147,6 +149,8 @@ class DQN(Agent):
         # The plain MLP's gradient is written by hand (:meth:`backprop`), autograd being half of a step's time at
         # these sizes; dueling heads and prioritized replay (IS weights, one minibatch at a time) use autograd.
         self.hand_backprop = not config.dueling and not config.prioritized
+        # its step on the CPU: backprop_host, on numpy views of the tensors (elsewhere: backprop, in torch)
+        self.host_step = self.device.type == "cpu"
 
     def modules(self):
         return {"q": self.q}
@@ -193,8 +197,9 @@ class DQN(Agent):
             eps = 1.0 if step < cfg.learning_starts else float(epsilon(step))
             obs = env.obs
             explore = torch.rand(N).numpy() < eps
-            uniform = torch.randint(self.n_actions, (N,)).numpy()
-            action = uniform if explore.all() else np.where(explore, uniform, self.greedy(obs))
+            k = np.count_nonzero(explore)               # uniform actions drawn, greedy ones computed, only if used
+            uniform = torch.randint(self.n_actions, (N,)).numpy() if k else None
+            action = uniform if k == N else self.greedy(obs) if k == 0 else np.where(explore, uniform, self.greedy(obs))
             # 2. env step, store (s, a, r, s', terminated, done) ----------------------------------------------
             _, reward, term, trunc, info = env.step(action)
             buffer.add(obs, action, reward, info["final_obs"], term, term | trunc)
@@ -232,10 +237,12 @@ class DQN(Agent):
         y = big["y"].view(G, B, 1) if not cfg.double else torch.empty(G, B, 1, device=self.device)
         q_sa = torch.empty(G, B, 1, device=self.device)
         dq = self.loss_derivative_rows(actions)                  # e_{a_i} c / B of every minibatch of the phase
+        host = self.host_step
+        step_args = [t.numpy() for t in (obs, actions, y, q_sa, dq)] if host else (obs, actions, y, q_sa, dq)
         for g in range(G):
             if cfg.double:   # a* = argmax_a Q(s', a; theta) with the current theta
                 y[g, :, 0] = self.td_target({k: v[g * B:(g + 1) * B] for k, v in big.items()})
-            self.backprop(obs[g], actions[g], y[g], q_sa[g], dq[g])
+            (self.backprop_host if host else self.backprop)(*(a[g] for a in step_args))
             self.optimizer_step()
         loss_fn = F.smooth_l1_loss if cfg.loss == "huber" else F.mse_loss
         return torch.stack([loss_fn(q_sa, y), q_sa.mean()])          # means over the phase's G*B samples
@@ -297,6 +304,71 @@ class DQN(Agent):
             d.clamp_(-1.0, 1.0)                                         # huber'(d)
         dz = torch.mul(self.loss_derivative_rows(actions) if dq is None else dq, d, out=P["dz"])   # dL/dz_L
         mlp_backward(hs, self.q.q, dz, work=P["dh"])                    # dL/dW_l, dL/db_l into the flat gradient
+
+    def _host_plan(self, B: int) -> list[SimpleNamespace]:
+        """Per Linear of the plain MLP, for :meth:`backprop_host` at minibatches of B rows (built once; DQN is never
+        deep-copied and its parameters are views of ``self.flat`` from __init__ on, so the views stay valid): numpy
+        views of W, b, dW, db (they follow the optimizer's in-place updates), whether its products are wide (every
+        dimension >= 32: torch, i.e. MKL) or small (numpy), and preallocated output and delta buffers, each held as a
+        numpy array and a torch tensor on the same memory."""
+        plan = self.__dict__.get("_host")
+        if plan is None or plan[0].B != B:
+            lins = [m for m in self.q.q if isinstance(m, nn.Linear)]
+            def pair(n):
+                t = torch.empty(B, n)
+                return t.numpy(), t
+            plan = self.__dict__["_host"] = []
+            for i, m in enumerate(lins):
+                W, b = m.weight.detach(), m.bias.detach()
+                (hn, ht), (dhn, dht) = pair(m.out_features), pair(m.in_features)
+                plan.append(SimpleNamespace(
+                    B=B, W=W, b=b, Wn=W.numpy(), bn=b.numpy(), gW=m.weight.grad, gWn=m.weight.grad.numpy(),
+                    gbn=m.bias.grad.numpy(), wide=min(m.in_features, m.out_features, B) >= 32, hn=hn, ht=ht,
+                    dhn=dhn, dht=dht, ones=np.ones(B, np.float32), last=i == len(lins) - 1,
+                    row_offsets=np.arange(B) * m.out_features))             # row i of [B, out] flattened
+        return plan
+
+    def backprop_host(self, obs: np.ndarray, actions: np.ndarray, y: np.ndarray, q_sa: np.ndarray,
+                      dq: np.ndarray) -> None:
+        """:meth:`backprop` on the CPU, on numpy views (obs [B, obs_dim], actions / y / q_sa [B, 1], dq [B, n_actions]):
+        the same equations; each product with a small dimension (the observation's 4 numbers, the 2 actions) goes
+        through numpy (1-3 us a call, where torch's small-matrix path costs 7-40 us), the [B x 256] x [256 x 256]
+        ones through torch (MKL), the activations and their derivatives through torch on the same memory."""
+        P = self._host_plan(len(obs))
+        relu = self.config.activation == "relu"
+        hn, ht = [obs], [torch.from_numpy(obs)]                       # h_0 = s
+        for L in P:                                                   # z_l = h_{l-1} W_l^T + b_l
+            if L.wide:
+                torch.addmm(L.b, ht[-1], L.W.t(), out=L.ht)
+            else:
+                np.add(np.matmul(hn[-1], L.Wn.T, out=L.hn), L.bn, out=L.hn)
+            if not L.last:                                            # h_l = act(z_l), in place
+                L.ht.relu_() if relu else torch.tanh(L.ht, out=L.ht)
+            hn.append(L.hn)
+            ht.append(L.ht)
+        np.take(hn[-1].reshape(-1), actions[:, 0] + P[-1].row_offsets, out=q_sa[:, 0])   # Q(s_i, a_i)
+        d = q_sa - y                                                  # TD error (negated)
+        if self.config.loss == "huber":
+            np.minimum(np.maximum(d, -1.0, out=d), 1.0, out=d)        # huber'(d) = clamp(d, -1, 1)
+        dyn = np.multiply(dq, d, out=P[-1].hn)                        # dL/dz_L (Q(s, .) is no longer needed)
+        dyt = P[-1].ht
+        for i in range(len(P) - 1, -1, -1):
+            L = P[i]
+            if L.wide:                                                # dL/dW_l = dL/dz_l^T h_{l-1}
+                torch.mm(dyt.t(), ht[i], out=L.gW)
+            else:
+                np.matmul(dyn.T, hn[i], out=L.gWn)
+            np.matmul(L.ones, dyn, out=L.gbn)                         # dL/db_l = sum_i dL/dz_l[i]
+            if i > 0:                                                 # dL/dz_{l-1} = (dL/dz_l W_l) * act'(z_{l-1})
+                if L.wide:
+                    torch.mm(dyt, L.W, out=L.dht)
+                else:
+                    np.matmul(dyn, L.Wn, out=L.dhn)
+                if relu:
+                    torch.ops.aten.threshold_backward.grad_input(L.dht, ht[i], 0, grad_input=L.dht)   # [h > 0]
+                else:
+                    torch.ops.aten.tanh_backward.grad_input(L.dht, ht[i], grad_input=L.dht)          # 1 - h^2
+                dyn, dyt = L.dhn, L.dht
 
     def optimizer_step(self) -> None:
         """Clip the global gradient norm (as clip_grad_norm_: g <- g min(1, c / (|g| + 1e-6))), then one Adam step.

@@ -1,4 +1,4 @@
-"""DQN's hand-written gradient (:meth:`DQN.backprop`) and direct fused-Adam step (:meth:`DQN.optimizer_step`) give
+"""DQN's hand-written gradients (:meth:`DQN.backprop`, :meth:`DQN.backprop_host`) and direct fused-Adam step (:meth:`DQN.optimizer_step`) give
 what autograd and ``torch.optim.Adam.step()`` give: the gradient against autograd's in float64 (the exact value up
 to float64 rounding) within float32's rounding bound, a training phase against the autograd phase, and the Adam
 step bitwise (the same kernel on the same state)."""
@@ -32,15 +32,20 @@ def _autograd_grad(agent, obs, actions, y, dtype):
     return torch.cat([p.grad.reshape(-1) for p in q.parameters()]), q_sa
 
 
+@pytest.mark.parametrize("path", ["torch", "host"])
 @pytest.mark.parametrize("loss", ["huber", "mse"])
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
-@pytest.mark.parametrize("hidden", [(32, 24), (16,), (8, 8, 8)])
-def test_hand_gradient_equals_autograd(loss, activation, hidden):
+@pytest.mark.parametrize("hidden", [(32, 24), (16,), (8, 8, 8), (48, 40)])
+def test_hand_gradient_equals_autograd(path, loss, activation, hidden):
+    """Both hand-written steps: ``backprop`` (torch; other devices) and ``backprop_host`` (the CPU's: numpy views,
+    products with a dimension < 32 in numpy, wider ones in torch; hidden (48, 40) at B = 48 has such a wide
+    product, the others none)."""
     agent = _agent(loss=loss, activation=activation, hidden=hidden)
     assert agent.hand_backprop
+    assert agent.host_step                               # the CPU's default
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):                                   # random minibatches
-        B = 16
+        B = 48
         obs = torch.randn(B, 4, generator=gen)
         actions = torch.randint(2, (B, 1), generator=gen)
         with torch.no_grad():
@@ -48,7 +53,13 @@ def test_hand_gradient_equals_autograd(loss, activation, hidden):
         y = q_now + 2.0 * torch.randn(B, 1, generator=gen)   # TD errors on both sides of Huber's |d| = 1
         q_sa = torch.empty(B, 1)
         agent.flat.grad.fill_(float("nan"))              # every entry must be written
-        agent.backprop(obs, actions, y, q_sa)
+        if path == "torch":
+            agent.backprop(obs, actions, y, q_sa)
+        else:
+            agent.backprop_host(obs.numpy(), actions.numpy(), y.numpy(), q_sa.numpy(),
+                                agent.loss_derivative_rows(actions).numpy())
+        if hidden == (48, 40) and path == "host":
+            assert [L.wide for L in agent._host_plan(B)] == [False, True, False]
         exact, q64 = _autograd_grad(agent, obs, actions, y, torch.float64)
         ours = agent.flat.grad.double()
         # float32 rounding of sums of at most B + width terms along the chain: |error| <= (B + H) eps32 * scale
@@ -64,11 +75,13 @@ def test_hand_gradient_equals_autograd(loss, activation, hidden):
         assert tol < 1e-3 * scale
 
 
+@pytest.mark.parametrize("host", [True, False])
 @pytest.mark.parametrize("double", [False, True])
 @pytest.mark.parametrize("loss", ["huber", "mse"])
-def test_a_hand_written_phase_trains_as_the_autograd_phase(double, loss):
+def test_a_hand_written_phase_trains_as_the_autograd_phase(host, double, loss):
     kw = {"gradient_steps": 6, "lr": 1e-2, "double": double, "loss": loss, "max_grad_norm": 1.0}
     agent, ref = _agent(**kw), _agent(**kw)             # the same initial weights (the same seed)
+    agent.host_step = host                               # backprop_host (the CPU's) or backprop (other devices')
     ref.hand_backprop = False                            # DQN.update: autograd, then the same optimizer step
     buf, ref_buf = random_replay_buffer(), random_replay_buffer()
     out, ref_out = agent.train_phase(buf, 0.4), ref.train_phase(ref_buf, 0.4)
