@@ -18,3 +18,19 @@ def test_sb3_arguments_follow_our_defaults():
     c, kw = DQNConfig(), sb3_dqn_kwargs()
     assert (kw["policy_kwargs"]["net_arch"], kw["train_freq"], kw["gradient_steps"]) == (
         list(c.hidden), c.train_every, c.gradient_steps)
+
+
+def test_fixed_budget_runs_exactly_that_many_env_steps_without_evaluation(tmp_path):
+    """``run_ours(..., fixed_steps=n)`` (the bench's cost-only DQN rows): n env steps, no evaluation during training
+    and no early stop (``train`` still evaluates once at the end; the rows take the time without it)."""
+    import json
+
+    from mlcanon.bench.deep_rl import run_ours
+    tiny = {"learning_starts": 50, "train_every": 20, "gradient_steps": 2, "batch_size": 8, "hidden": (8,),
+            "buffer_size": 300}
+    r = run_ours("dqn", 0, out_dir=str(tmp_path), overrides=tiny, fixed_steps=300)
+    assert r["steps"] is None and 0 < r["wall_no_eval_s"] < r["wall_s"]
+    (result,) = [json.loads(p.read_text()) for p in tmp_path.rglob("result.json")]
+    assert result["step"] == 300 and result["solved_step"] is None
+    lines = [json.loads(x) for p in tmp_path.rglob("metrics.jsonl") for x in p.read_text().splitlines()]
+    assert {rec["step"] for rec in lines if any(k.startswith("eval/") for k in rec)} == {300}   # the final one

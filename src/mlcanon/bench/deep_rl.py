@@ -31,6 +31,7 @@ from mlcanon.bench import Row, bench
 PROTOCOL = {"target_return": 475.0, "eval_every": 1000, "eval_episodes": 10, "progress": False, "device": "cpu"}
 TARGET = 475.0
 SEEDS = (0, 1, 2)
+FIXED_STEPS = 20_000     # the DQN rows' fixed budget (about the median env steps to 475)
 
 # rl-baselines3-zoo hyperparams/{ppo,dqn,a2c}.yml, CartPole-v1 entries; ("lin", x): linear decay from x to 0
 ZOO = {
@@ -76,16 +77,19 @@ def warm_imports() -> None:
     import torch._dynamo  # noqa: F401
 
 
-def run_ours(name: str, seed: int, out_dir: str | None = None, overrides: dict | None = None) -> dict:
+def run_ours(name: str, seed: int, out_dir: str | None = None, overrides: dict | None = None,
+             fixed_steps: int | None = None) -> dict:
     """``mlcanon train NAME --target-return 475 --eval-every 1000 --eval-episodes 10 --seed SEED`` in-process
     (``overrides``: other config values, e.g. :data:`DQN_ZOO`): {steps (None when 475 was not reached), best,
-    wall_s, wall_no_eval_s, learn_s}."""
+    wall_s, wall_no_eval_s, learn_s}. ``fixed_steps``: instead, exactly that many env steps without evaluation
+    or early stop (the cost of the training itself, whatever a seed's luck)."""
     from mlcanon import registry
     algo = registry.get(name)
     warm_imports()
+    protocol = PROTOCOL if fixed_steps is None else {**PROTOCOL, "target_return": None, "eval_every": 0}
     with tempfile.TemporaryDirectory() as tmp:
-        config = algo.config_cls(seed=seed, out_dir=out_dir or tmp, total_steps=ZOO[name]["budget"],
-                                 **{**PROTOCOL, **(overrides or {})})
+        config = algo.config_cls(seed=seed, out_dir=out_dir or tmp, total_steps=fixed_steps or ZOO[name]["budget"],
+                                 **{**protocol, **(overrides or {})})
         t0 = time.perf_counter()       # the whole train call: run folder, agent, learning, checkpoints, curves.png
         r = algo.train(config)
         wall = time.perf_counter() - t0
@@ -93,9 +97,9 @@ def run_ours(name: str, seed: int, out_dir: str | None = None, overrides: dict |
             "wall_no_eval_s": wall - r["eval_seconds"], "learn_s": r["wall_seconds"]}
 
 
-def run_sb3(name: str, seed: int, kw: dict | None = None) -> dict:
+def run_sb3(name: str, seed: int, kw: dict | None = None, fixed_steps: int | None = None) -> dict:
     """The same protocol with Stable-Baselines3 and its rl-zoo hyperparameters (``kw``: other SB3 arguments
-    instead, e.g. :func:`sb3_dqn_kwargs`); the same keys as :func:`run_ours`."""
+    instead, e.g. :func:`sb3_dqn_kwargs`); the same keys as :func:`run_ours`, and the same ``fixed_steps``."""
     import stable_baselines3 as sb
     from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
     from stable_baselines3.common.env_util import make_vec_env
@@ -116,6 +120,10 @@ def run_sb3(name: str, seed: int, kw: dict | None = None) -> dict:
     t0 = time.perf_counter()
     env = make_vec_env("CartPole-v1", n_envs=z["n_envs"], seed=seed)
     model = getattr(sb, name.upper())("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kw)
+    if fixed_steps is not None:
+        model.learn(fixed_steps)
+        wall = time.perf_counter() - t0
+        return {"steps": None, "best": float("nan"), "wall_s": wall, "wall_no_eval_s": wall}
     stop = StopTrainingOnRewardThreshold(reward_threshold=TARGET, verbose=0)
     cb = TimedEval(make_vec_env("CartPole-v1", n_envs=1, seed=seed + 1000), callback_on_new_best=stop,
                    eval_freq=max(PROTOCOL["eval_every"] // z["n_envs"], 1),
@@ -215,4 +223,20 @@ def _dqn_same_values_rows(ours: list[dict], peer: list[dict], cmd: str) -> list[
         rows.append(Row(name=f"dqn CartPole-v1 wall-clock to 475, s, {what}", command=c, ours=o_wall, unit="s",
                         reference=p_wall, reference_label="SB3 (same run)", higher_is_better=False,
                         wall_s=o_wall, notes=note, is_target=False))
+    # The medians above mix the implementations' cost with each seed's luck in env steps to 475 (at equal values
+    # the two sides solve the same seed at different steps: float rounding differs). Their cost alone: a fixed
+    # budget of env steps, no evaluation, no early stop, the same values on both sides.
+    for what, overrides, sb3_args, flags in (("our default values", None, sb3_dqn_kwargs(), ""),
+                                             ("rl-zoo's values", DQN_ZOO, sb3_dqn_kwargs(DQN_ZOO), f" {zoo_flags}")):
+        o = [run_ours("dqn", s, overrides=overrides, fixed_steps=FIXED_STEPS) for s in SEEDS]
+        p = [run_sb3("dqn", s, kw=sb3_args, fixed_steps=FIXED_STEPS) for s in SEEDS]
+        o_wall, p_wall = median(o, "wall_no_eval_s"), median(p, "wall_s")   # ours: without train's final evaluation
+        c = (f"mlcanon train dqn --env CartPole-v1 --total-steps {FIXED_STEPS} --eval-every 0{flags} (seeds "
+             f"{list(SEEDS)}; SB3: DQN(...).learn({FIXED_STEPS}) with the same values)")
+        note = (f"ours {[round(r['wall_no_eval_s'], 2) for r in o]} s (without the final evaluation), SB3 {[round(r['wall_s'], 2) for r in p]} s; "
+                f"wall-clock ours/SB3 {o_wall / p_wall:.2f}; SB3 arguments {sb3_args}; {_load()}")
+        rows.append(Row(name=f"dqn CartPole-v1 wall-clock of {FIXED_STEPS:,} env steps, s, {what} on both sides "
+                             "(no evaluation, no early stop)", command=c, ours=o_wall, unit="s", reference=p_wall,
+                        reference_label="SB3 (same run)", higher_is_better=False, wall_s=o_wall, notes=note,
+                        is_target=False))
     return rows
