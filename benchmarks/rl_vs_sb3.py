@@ -1,6 +1,6 @@
 """Side by side with Stable-Baselines3: env steps and wall-clock to the first evaluation reaching 475 on CartPole-v1.
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/rl_vs_sb3.py --algos ppo,dqn,a2c --seeds 0,1,2
+    nice -n 10 python benchmarks/rl_vs_sb3.py --algos ppo,dqn,a2c --seeds 0,1,2
 
 Same protocol on both sides (issue #16): 10 deterministic evaluation episodes every 1,000 env steps, stop at the
 first mean >= 475 (SB3: EvalCallback + StopTrainingOnRewardThreshold; ours: --target-return 475). Wall-clock runs
@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 
-from mlcanon.bench.deep_rl import median, run_ours, run_sb3, sb3_available
+from mlcanon.bench.deep_rl import OUR_THREADS, SB3_THREADS, median, run_ours, run_sb3, sb3_available
 
 
 def main() -> None:
@@ -26,6 +26,9 @@ def main() -> None:
     p.add_argument("--algos", default="ppo,dqn,a2c")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--sides", default="mlcanon,sb3", help="which sides to run (mlcanon, sb3 or both)")
+    p.add_argument("--threads-ours", type=int, default=None,
+                   help=f"torch threads of our side (default: each algorithm's faster count, {OUR_THREADS})")
+    p.add_argument("--threads-sb3", type=int, default=SB3_THREADS, help="torch threads of SB3's side")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     sides = args.sides.split(",")
@@ -36,9 +39,10 @@ def main() -> None:
     for name in args.algos.split(","):
         for side in sides:
             fn = run_ours if side == "mlcanon" else run_sb3
+            threads = (args.threads_ours or OUR_THREADS[name]) if side == "mlcanon" else args.threads_sb3
             runs = []
             for s in seeds:
-                runs.append(fn(name, s))
+                runs.append(fn(name, s, threads=threads))
                 print(f"  {name} {side} seed {s}: {runs[-1]}  (load {os.getloadavg()[0]:.2f})", flush=True)
             med = {k: median(runs, k) for k in ("steps", "wall_s", "wall_no_eval_s")}
             table[f"{name}/{side}"] = {"median": med, "runs": runs}

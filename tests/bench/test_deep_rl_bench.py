@@ -34,3 +34,15 @@ def test_fixed_budget_runs_exactly_that_many_env_steps_without_evaluation(tmp_pa
     assert result["step"] == 300 and result["solved_step"] is None
     lines = [json.loads(x) for p in tmp_path.rglob("metrics.jsonl") for x in p.read_text().splitlines()]
     assert {rec["step"] for rec in lines if any(k.startswith("eval/") for k in rec)} == {300}   # the final one
+
+
+def test_torch_threads_sets_and_restores():
+    import torch
+
+    from mlcanon.bench.deep_rl import torch_threads
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

@@ -10,7 +10,9 @@ DQN rows add both sides at equal values, rl-zoo's and ours). Wall-clock on both 
 what SB3 does not write (the run folder, TensorBoard events, checkpoints, curves.png). Imports aside:
 ``torch._dynamo``, which every ``torch.optim`` optimizer imports when the first one is built (~2 s), is imported
 before either side is timed. Evaluation time is measured on both sides,
-so the figures are given with and without it. SB3 is a bench-only extra (``pip install stable-baselines3``);
+so the figures are given with and without it. Each side runs at its faster torch thread count on this 2-core
+machine (:data:`OUR_THREADS`, :data:`SB3_THREADS`: SB3 one, ours one for PPO and A2C, two for DQN); the DQN
+fixed-budget rows time both sides at both counts. SB3 is a bench-only extra (``pip install stable-baselines3``);
 without it only our side runs, against the figures quoted by issue #16.
 
 ``benchmarks/rl_vs_sb3.py`` runs the same comparison from the command line.
@@ -18,6 +20,7 @@ without it only our side runs, against the figures quoted by issue #16.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import tempfile
@@ -31,6 +34,12 @@ from mlcanon.bench import Row, bench
 PROTOCOL = {"target_return": 475.0, "eval_every": 1000, "eval_episodes": 10, "progress": False, "device": "cpu"}
 TARGET = 475.0
 SEEDS = (0, 1, 2)
+# torch threads of each side: each side's faster setting on the 2-core machine. SB3: one thread for all three (its
+# DQN with two is timed in the fixed-budget rows; two threads were slower for all three on 2026-11-26). Ours: one
+# for PPO and A2C (two were slower or equal, 2026-11-27), two for DQN (1.24x faster at a fixed budget, 2026-11-27;
+# torch's default here, what `mlcanon train dqn` uses).
+OUR_THREADS = {"ppo": 1, "dqn": 2, "a2c": 1}
+SB3_THREADS = 1
 FIXED_STEPS = 20_000     # the DQN rows' fixed budget (about the median env steps to 475)
 
 # rl-baselines3-zoo hyperparams/{ppo,dqn,a2c}.yml, CartPole-v1 entries; ("lin", x): linear decay from x to 0
@@ -68,6 +77,18 @@ def sb3_dqn_kwargs(overrides: dict | None = None) -> dict:
             "policy_kwargs": {"net_arch": list(c.hidden)}}
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op threads set to ``n`` (capped at the core count; None: unchanged) for the block."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(max(1, min(int(n), os.cpu_count() or 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def sb3_available() -> bool:
     return importlib.util.find_spec("stable_baselines3") is not None
 
@@ -78,11 +99,16 @@ def warm_imports() -> None:
 
 
 def run_ours(name: str, seed: int, out_dir: str | None = None, overrides: dict | None = None,
-             fixed_steps: int | None = None) -> dict:
+             fixed_steps: int | None = None, threads: int | None = None) -> dict:
     """``mlcanon train NAME --target-return 475 --eval-every 1000 --eval-episodes 10 --seed SEED`` in-process
     (``overrides``: other config values, e.g. :data:`DQN_ZOO`): {steps (None when 475 was not reached), best,
     wall_s, wall_no_eval_s, learn_s}. ``fixed_steps``: instead, exactly that many env steps without evaluation
-    or early stop (the cost of the training itself, whatever a seed's luck)."""
+    or early stop (the cost of the training itself, whatever a seed's luck). ``threads``: torch threads for it."""
+    with torch_threads(threads):
+        return _run_ours(name, seed, out_dir, overrides, fixed_steps)
+
+
+def _run_ours(name, seed, out_dir, overrides, fixed_steps) -> dict:
     from mlcanon import registry
     algo = registry.get(name)
     warm_imports()
@@ -97,9 +123,16 @@ def run_ours(name: str, seed: int, out_dir: str | None = None, overrides: dict |
             "wall_no_eval_s": wall - r["eval_seconds"], "learn_s": r["wall_seconds"]}
 
 
-def run_sb3(name: str, seed: int, kw: dict | None = None, fixed_steps: int | None = None) -> dict:
+def run_sb3(name: str, seed: int, kw: dict | None = None, fixed_steps: int | None = None,
+            threads: int | None = None) -> dict:
     """The same protocol with Stable-Baselines3 and its rl-zoo hyperparameters (``kw``: other SB3 arguments
-    instead, e.g. :func:`sb3_dqn_kwargs`); the same keys as :func:`run_ours`, and the same ``fixed_steps``."""
+    instead, e.g. :func:`sb3_dqn_kwargs`); the same keys as :func:`run_ours`, the same ``fixed_steps`` and
+    ``threads``."""
+    with torch_threads(threads):
+        return _run_sb3(name, seed, kw, fixed_steps)
+
+
+def _run_sb3(name, seed, kw, fixed_steps) -> dict:
     import stable_baselines3 as sb
     from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
     from stable_baselines3.common.env_util import make_vec_env
@@ -148,12 +181,7 @@ def _load() -> str:
        description="PPO, DQN, A2C vs Stable-Baselines3 (same run): env steps and wall-clock to eval return 475 on "
                    "CartPole-v1 (seeds 0-2, median)")
 def deep_rl_cartpole() -> list[Row]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)               # one thread per side: SB3's faster setting (the peer's fastest)
-    try:
-        return _deep_rl_cartpole_rows()
-    finally:
-        torch.set_num_threads(threads)
+    return _deep_rl_cartpole_rows()       # each side at its faster thread count (OUR_THREADS, SB3_THREADS)
 
 
 def _deep_rl_cartpole_rows() -> list[Row]:
@@ -161,12 +189,13 @@ def _deep_rl_cartpole_rows() -> list[Row]:
     rows = []
     for name in ("ppo", "dqn", "a2c"):
         load = _load()
-        ours = [run_ours(name, s) for s in SEEDS]
-        peer = [run_sb3(name, s) for s in SEEDS] if have_sb3 else None
+        ours = [run_ours(name, s, threads=OUR_THREADS[name]) for s in SEEDS]
+        peer = [run_sb3(name, s, threads=SB3_THREADS) for s in SEEDS] if have_sb3 else None
         cmd = (f"mlcanon train {name} --env CartPole-v1 --target-return 475 --eval-every 1000 --eval-episodes 10 "
                f"--total-steps {ZOO[name]['budget']}")
         o_steps, o_wall, o_train = median(ours, "steps"), median(ours, "wall_s"), median(ours, "wall_no_eval_s")
-        note = (f"ours: seeds {list(SEEDS)} solved at {[r['steps'] for r in ours]} env steps; ours' wall-clock is "
+        note = (f"torch threads: ours {OUR_THREADS[name]}, SB3 {SB3_THREADS}; "
+                f"ours: seeds {list(SEEDS)} solved at {[r['steps'] for r in ours]} env steps; ours' wall-clock is "
                 f"the whole train call (learn() alone: median {median(ours, 'learn_s'):.1f} s)")
         if peer is not None:
             p_steps, p_wall, p_train = median(peer, "steps"), median(peer, "wall_s"), median(peer, "wall_no_eval_s")
@@ -209,8 +238,9 @@ def _dqn_same_values_rows(ours: list[dict], peer: list[dict], cmd: str) -> list[
     the speed ratio is not a ratio of arithmetic). Peer comparisons, not targets."""
     zoo_flags = " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
                          for k, v in DQN_ZOO.items())
-    ours_zoo = [run_ours("dqn", s, overrides=DQN_ZOO) for s in SEEDS]
-    peer_ours = [run_sb3("dqn", s, kw=sb3_dqn_kwargs()) for s in SEEDS]
+    T, T_sb3 = OUR_THREADS["dqn"], SB3_THREADS
+    ours_zoo = [run_ours("dqn", s, overrides=DQN_ZOO, threads=T) for s in SEEDS]
+    peer_ours = [run_sb3("dqn", s, kw=sb3_dqn_kwargs(), threads=T_sb3) for s in SEEDS]
     rows = []
     for what, o, p, c, sb3_args in (
             ("rl-zoo's values on both sides", ours_zoo, peer, f"{cmd} {zoo_flags}", sb3_dqn_kwargs(DQN_ZOO)),
@@ -219,22 +249,26 @@ def _dqn_same_values_rows(ours: list[dict], peer: list[dict], cmd: str) -> list[
         note = (f"ours solved at {[r['steps'] for r in o]} env steps, SB3 at {[r['steps'] for r in p]} (medians "
                 f"{median(o, 'steps'):.0f} / {median(p, 'steps'):.0f}); wall-clock ours/SB3 {o_wall / p_wall:.2f} "
                 f"(without evaluation {median(o, 'wall_no_eval_s'):.1f} / {median(p, 'wall_no_eval_s'):.1f} s); "
-                f"SB3 arguments {sb3_args}; {_load()}")
+                f"SB3 arguments {sb3_args}; torch threads: ours {T}, SB3 {T_sb3}; {_load()}")
         rows.append(Row(name=f"dqn CartPole-v1 wall-clock to 475, s, {what}", command=c, ours=o_wall, unit="s",
                         reference=p_wall, reference_label="SB3 (same run)", higher_is_better=False,
                         wall_s=o_wall, notes=note, is_target=False))
     # The medians above mix the implementations' cost with each seed's luck in env steps to 475 (at equal values
     # the two sides solve the same seed at different steps: float rounding differs). Their cost alone: a fixed
-    # budget of env steps, no evaluation, no early stop, the same values on both sides.
+    # budget of env steps, no evaluation, no early stop, the same values on both sides; each side at one and at two
+    # torch threads, the faster median of each side compared (ours without train's final evaluation).
     for what, overrides, sb3_args, flags in (("our default values", None, sb3_dqn_kwargs(), ""),
                                              ("rl-zoo's values", DQN_ZOO, sb3_dqn_kwargs(DQN_ZOO), f" {zoo_flags}")):
-        o = [run_ours("dqn", s, overrides=overrides, fixed_steps=FIXED_STEPS) for s in SEEDS]
-        p = [run_sb3("dqn", s, kw=sb3_args, fixed_steps=FIXED_STEPS) for s in SEEDS]
-        o_wall, p_wall = median(o, "wall_no_eval_s"), median(p, "wall_s")   # ours: without train's final evaluation
+        o = {t: median([run_ours("dqn", s, overrides=overrides, fixed_steps=FIXED_STEPS, threads=t) for s in SEEDS],
+                       "wall_no_eval_s") for t in (1, 2)}
+        p = {t: median([run_sb3("dqn", s, kw=sb3_args, fixed_steps=FIXED_STEPS, threads=t) for s in SEEDS],
+                       "wall_s") for t in (1, 2)}
+        o_wall, p_wall = min(o.values()), min(p.values())
         c = (f"mlcanon train dqn --env CartPole-v1 --total-steps {FIXED_STEPS} --eval-every 0{flags} (seeds "
              f"{list(SEEDS)}; SB3: DQN(...).learn({FIXED_STEPS}) with the same values)")
-        note = (f"ours {[round(r['wall_no_eval_s'], 2) for r in o]} s (without the final evaluation), SB3 {[round(r['wall_s'], 2) for r in p]} s; "
-                f"wall-clock ours/SB3 {o_wall / p_wall:.2f}; SB3 arguments {sb3_args}; {_load()}")
+        note = (f"medians over seeds {list(SEEDS)} at 1 / 2 torch threads: ours {o[1]:.2f} / {o[2]:.2f} s (without "
+                f"the final evaluation), SB3 {p[1]:.2f} / {p[2]:.2f} s; each side's faster: ours/SB3 "
+                f"{o_wall / p_wall:.2f}; SB3 arguments {sb3_args}; {_load()}")
         rows.append(Row(name=f"dqn CartPole-v1 wall-clock of {FIXED_STEPS:,} env steps, s, {what} on both sides "
                              "(no evaluation, no early stop)", command=c, ours=o_wall, unit="s", reference=p_wall,
                         reference_label="SB3 (same run)", higher_is_better=False, wall_s=o_wall, notes=note,
