@@ -11,8 +11,8 @@ what SB3 does not write (the run folder, TensorBoard events, checkpoints, curves
 ``torch._dynamo``, which every ``torch.optim`` optimizer imports when the first one is built (~2 s), is imported
 before either side is timed. Evaluation time is measured on both sides,
 so the figures are given with and without it. Each side runs at its faster torch thread count on this 2-core
-machine (:data:`OUR_THREADS`, :data:`SB3_THREADS`: SB3 one, ours one for PPO and A2C, two for DQN); the DQN
-fixed-budget rows time both sides at both counts. SB3 is a bench-only extra (``pip install stable-baselines3``);
+machine (:data:`OUR_THREADS`, :data:`SB3_THREADS`: one on both sides, as measured); the DQN fixed-budget rows
+time both sides at one and at two. SB3 is a bench-only extra (``pip install stable-baselines3``);
 without it only our side runs, against the figures quoted by issue #16.
 
 ``benchmarks/rl_vs_sb3.py`` runs the same comparison from the command line.
@@ -34,11 +34,12 @@ from mlcanon.bench import Row, bench
 PROTOCOL = {"target_return": 475.0, "eval_every": 1000, "eval_episodes": 10, "progress": False, "device": "cpu"}
 TARGET = 475.0
 SEEDS = (0, 1, 2)
-# torch threads of each side: each side's faster setting on the 2-core machine. SB3: one thread for all three (its
-# DQN with two is timed in the fixed-budget rows; two threads were slower for all three on 2026-11-26). Ours: one
-# for PPO and A2C (two were slower or equal, 2026-11-27), two for DQN (1.24x faster at a fixed budget, 2026-11-27;
-# torch's default here, what `mlcanon train dqn` uses).
-OUR_THREADS = {"ppo": 1, "dqn": 2, "a2c": 1}
+# torch threads of each side in the runs to 475: each side's faster setting on the 2-core machine. SB3: one thread
+# for all three (two were slower for all three on 2026-11-26; its DQN at two is timed again in the fixed-budget
+# rows). Ours: one (2026-11-27, seeds 0-2 alternated: two threads were slower for PPO, equal for A2C, and for DQN
+# ~10% slower in the runs to 475 though faster at a fixed budget without evaluation; the fixed-budget rows time
+# both counts on both sides).
+OUR_THREADS = {"ppo": 1, "dqn": 1, "a2c": 1}
 SB3_THREADS = 1
 FIXED_STEPS = 20_000     # the DQN rows' fixed budget (about the median env steps to 475)
 
