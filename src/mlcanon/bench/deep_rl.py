@@ -11,8 +11,7 @@ what SB3 does not write (the run folder, TensorBoard events, checkpoints, curves
 ``torch._dynamo``, which every ``torch.optim`` optimizer imports when the first one is built (~2 s), is imported
 before either side is timed. Evaluation time is measured on both sides,
 so the figures are given with and without it. Each side runs at its faster torch thread count on this 2-core
-machine (:data:`OUR_THREADS`, :data:`SB3_THREADS`: one on both sides, as measured); the DQN fixed-budget rows
-time both sides at one and at two. SB3 is a bench-only extra (``pip install stable-baselines3``);
+machine (:data:`OUR_THREADS`, :data:`SB3_THREADS`: one on both sides, as measured). SB3 is a bench-only extra (``pip install stable-baselines3``);
 without it only our side runs, against the figures quoted by issue #16.
 
 ``benchmarks/rl_vs_sb3.py`` runs the same comparison from the command line.
@@ -34,11 +33,10 @@ from mlcanon.bench import Row, bench
 PROTOCOL = {"target_return": 475.0, "eval_every": 1000, "eval_episodes": 10, "progress": False, "device": "cpu"}
 TARGET = 475.0
 SEEDS = (0, 1, 2)
-# torch threads of each side in the runs to 475: each side's faster setting on the 2-core machine. SB3: one thread
-# for all three (two were slower for all three on 2026-11-26; its DQN at two is timed again in the fixed-budget
-# rows). Ours: one (2026-11-27, seeds 0-2 alternated: two threads were slower for PPO, equal for A2C, and for DQN
-# ~10% slower in the runs to 475 though faster at a fixed budget without evaluation; the fixed-budget rows time
-# both counts on both sides).
+# torch threads of each side: each side's faster setting on the 2-core machine, one for both. SB3: two were slower
+# for all three on 2026-11-26. Ours: `--threads 1`, the default; on 2026-11-27, each count in its own fresh process,
+# seeds 0-2: two threads took DQN 1.4x (to 475 and at a fixed budget) and PPO / A2C 2x the time of one. (Switching
+# the count back and forth inside one process gave misleading timings, so each side keeps one count here.)
 OUR_THREADS = {"ppo": 1, "dqn": 1, "a2c": 1}
 SB3_THREADS = 1
 FIXED_STEPS = 20_000     # the DQN rows' fixed budget (about the median env steps to 475)
@@ -104,9 +102,11 @@ def run_ours(name: str, seed: int, out_dir: str | None = None, overrides: dict |
     """``mlcanon train NAME --target-return 475 --eval-every 1000 --eval-episodes 10 --seed SEED`` in-process
     (``overrides``: other config values, e.g. :data:`DQN_ZOO`): {steps (None when 475 was not reached), best,
     wall_s, wall_no_eval_s, learn_s}. ``fixed_steps``: instead, exactly that many env steps without evaluation
-    or early stop (the cost of the training itself, whatever a seed's luck). ``threads``: torch threads for it."""
-    with torch_threads(threads):
-        return _run_ours(name, seed, out_dir, overrides, fixed_steps)
+    or early stop (the cost of the training itself, whatever a seed's luck). ``threads``: ``--threads`` (torch
+    threads; None: the default, one)."""
+    if threads is not None:
+        overrides = {**(overrides or {}), "threads": threads}
+    return _run_ours(name, seed, out_dir, overrides, fixed_steps)
 
 
 def _run_ours(name, seed, out_dir, overrides, fixed_steps) -> dict:
@@ -256,20 +256,18 @@ def _dqn_same_values_rows(ours: list[dict], peer: list[dict], cmd: str) -> list[
                         wall_s=o_wall, notes=note, is_target=False))
     # The medians above mix the implementations' cost with each seed's luck in env steps to 475 (at equal values
     # the two sides solve the same seed at different steps: float rounding differs). Their cost alone: a fixed
-    # budget of env steps, no evaluation, no early stop, the same values on both sides; each side at one and at two
-    # torch threads, the faster median of each side compared (ours without train's final evaluation).
+    # budget of env steps, no evaluation, no early stop, the same values on both sides (ours without train's final
+    # evaluation).
     for what, overrides, sb3_args, flags in (("our default values", None, sb3_dqn_kwargs(), ""),
                                              ("rl-zoo's values", DQN_ZOO, sb3_dqn_kwargs(DQN_ZOO), f" {zoo_flags}")):
-        o = {t: median([run_ours("dqn", s, overrides=overrides, fixed_steps=FIXED_STEPS, threads=t) for s in SEEDS],
-                       "wall_no_eval_s") for t in (1, 2)}
-        p = {t: median([run_sb3("dqn", s, kw=sb3_args, fixed_steps=FIXED_STEPS, threads=t) for s in SEEDS],
-                       "wall_s") for t in (1, 2)}
-        o_wall, p_wall = min(o.values()), min(p.values())
+        o = [run_ours("dqn", s, overrides=overrides, fixed_steps=FIXED_STEPS, threads=T) for s in SEEDS]
+        p = [run_sb3("dqn", s, kw=sb3_args, fixed_steps=FIXED_STEPS, threads=T_sb3) for s in SEEDS]
+        o_wall, p_wall = median(o, "wall_no_eval_s"), median(p, "wall_s")
         c = (f"mlcanon train dqn --env CartPole-v1 --total-steps {FIXED_STEPS} --eval-every 0{flags} (seeds "
              f"{list(SEEDS)}; SB3: DQN(...).learn({FIXED_STEPS}) with the same values)")
-        note = (f"medians over seeds {list(SEEDS)} at 1 / 2 torch threads: ours {o[1]:.2f} / {o[2]:.2f} s (without "
-                f"the final evaluation), SB3 {p[1]:.2f} / {p[2]:.2f} s; each side's faster: ours/SB3 "
-                f"{o_wall / p_wall:.2f}; SB3 arguments {sb3_args}; {_load()}")
+        note = (f"ours {[round(r['wall_no_eval_s'], 2) for r in o]} s (without the final evaluation), SB3 "
+                f"{[round(r['wall_s'], 2) for r in p]} s; wall-clock ours/SB3 {o_wall / p_wall:.2f}; torch threads: "
+                f"ours {T}, SB3 {T_sb3}; SB3 arguments {sb3_args}; {_load()}")
         rows.append(Row(name=f"dqn CartPole-v1 wall-clock of {FIXED_STEPS:,} env steps, s, {what} on both sides "
                              "(no evaluation, no early stop)", command=c, ours=o_wall, unit="s", reference=p_wall,
                         reference_label="SB3 (same run)", higher_is_better=False, wall_s=o_wall, notes=note,

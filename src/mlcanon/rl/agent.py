@@ -11,6 +11,7 @@ The registry hooks (:func:`evaluate_run`, :func:`sample_run`, :func:`load_agent`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -61,6 +62,9 @@ class DeepRLConfig(CommonConfig):
                                "seed: with gymnasium envs trained one after another in this process "
                                "(RUN_DIR/seeds/<run>/), with PPO's --torch-env all at once (batched); "
                                "curves_seeds.png draws their median and range", min=1)
+    threads: int = option(1, "torch CPU threads during training (0: torch's default, one per core); restored after. "
+                             "These agents' small networks run fastest on one: on 2 cores two made DQN 1.4x and "
+                             "PPO / A2C 2x slower (docs/BENCHMARKS.md)", min=0)
 
     def check(self) -> None:
         if not self.hidden or any(h < 1 for h in self.hidden):
@@ -308,8 +312,29 @@ def _ffill(v: np.ndarray) -> np.ndarray:
     return out
 
 
+@contextlib.contextmanager
+def training_threads(config: DeepRLConfig):
+    """torch's intra-op CPU threads set to ``config.threads`` for the block (0: left as they are), then restored.
+    At these networks' sizes (a [64 x 256] x [256 x 256] product, tens of microseconds) a second thread costs more
+    in waking and synchronizing than it saves."""
+    before = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def train_agent(cls: type[Agent], config: DeepRLConfig, run: Run | None = None) -> dict:
-    """The body of every deep agent's ``train(config, run=None)``: run folder, learn, final evaluation."""
+    """The body of every deep agent's ``train(config, run=None)``: run folder, learn, final evaluation (on
+    ``--threads`` torch threads)."""
+    with training_threads(config):
+        return _train_agent(cls, config, run)
+
+
+def _train_agent(cls: type[Agent], config: DeepRLConfig, run: Run | None) -> dict:
     if config.num_seeds > 1:
         return train_seeds(cls, config, run)
     run = Run.start(cls.name, config, run)

@@ -49,6 +49,7 @@ from mlcanon.rl.agent import (
     load_agent,
     sample_run,
     train_agent,
+    training_threads,
 )
 from mlcanon.rl.buffers import RolloutStorage
 from mlcanon.rl.cartpole_torch import CartPoleTorch, counter_bits, counter_uniform
@@ -318,7 +319,8 @@ def train(config: PPOConfig, run: Run | None = None) -> dict:
     ``--torch-env`` runs (any ``--num-seeds``, 1 included) go through :func:`train_many_seeds`, so that seed i of
     ``--num-seeds N --seed s`` is bitwise the run ``--seed s+i``."""
     if config.torch_env:
-        return train_many_seeds(config, run)
+        with training_threads(config):
+            return train_many_seeds(config, run)
     return train_agent(PPO, config, run)
 
 
