@@ -28,6 +28,19 @@ def resolve_device(name: str) -> torch.device:
     raise UserError(f"--device {name!r}: use cpu, cuda or auto")
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op CPU threads set to ``n`` for the block (None or 0: left as they are), then restored."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def autocast(device: torch.device, precision: str):
     """Context for the forward pass: bf16 autocast when asked, else a no-op."""
     if precision == "fp32":

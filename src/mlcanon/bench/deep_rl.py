@@ -19,16 +19,15 @@ without it only our side runs, against the figures quoted by issue #16.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import tempfile
 import time
 
 import numpy as np
-import torch
 
 from mlcanon.bench import Row, bench
+from mlcanon.devices import torch_threads
 
 PROTOCOL = {"target_return": 475.0, "eval_every": 1000, "eval_episodes": 10, "progress": False, "device": "cpu"}
 TARGET = 475.0
@@ -76,18 +75,6 @@ def sb3_dqn_kwargs(overrides: dict | None = None) -> dict:
             "policy_kwargs": {"net_arch": list(c.hidden)}}
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """torch's intra-op threads set to ``n`` (capped at the core count; None: unchanged) for the block."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(max(1, min(int(n), os.cpu_count() or 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def sb3_available() -> bool:
     return importlib.util.find_spec("stable_baselines3") is not None
 
@@ -106,10 +93,6 @@ def run_ours(name: str, seed: int, out_dir: str | None = None, overrides: dict |
     threads; None: the default, one)."""
     if threads is not None:
         overrides = {**(overrides or {}), "threads": threads}
-    return _run_ours(name, seed, out_dir, overrides, fixed_steps)
-
-
-def _run_ours(name, seed, out_dir, overrides, fixed_steps) -> dict:
     from mlcanon import registry
     algo = registry.get(name)
     warm_imports()

@@ -11,7 +11,6 @@ The registry hooks (:func:`evaluate_run`, :func:`sample_run`, :func:`load_agent`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from mlcanon.config import CommonConfig, option, to_dict
-from mlcanon.devices import resolve_device
+from mlcanon.devices import resolve_device, torch_threads
 from mlcanon.errors import UserError
 from mlcanon.metrics.rl import mean_ci95
 from mlcanon.registry import EvalOptions, SampleOptions
@@ -312,19 +311,11 @@ def _ffill(v: np.ndarray) -> np.ndarray:
     return out
 
 
-@contextlib.contextmanager
 def training_threads(config: DeepRLConfig):
     """torch's intra-op CPU threads set to ``config.threads`` for the block (0: left as they are), then restored.
     At these networks' sizes (a [64 x 256] x [256 x 256] product, tens of microseconds) a second thread costs more
     in waking and synchronizing than it saves."""
-    before = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+    return torch_threads(config.threads)
 
 
 def train_agent(cls: type[Agent], config: DeepRLConfig, run: Run | None = None) -> dict:

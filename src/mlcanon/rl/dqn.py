@@ -305,27 +305,28 @@ class DQN(Agent):
         dz = torch.mul(self.loss_derivative_rows(actions) if dq is None else dq, d, out=P["dz"])   # dL/dz_L
         mlp_backward(hs, self.q.q, dz, work=P["dh"])                    # dL/dW_l, dL/db_l into the flat gradient
 
-    def _host_plan(self, B: int) -> list[SimpleNamespace]:
-        """Per Linear of the plain MLP, for :meth:`backprop_host` at minibatches of B rows (built once; DQN is never
-        deep-copied and its parameters are views of ``self.flat`` from __init__ on, so the views stay valid): numpy
-        views of W, b, dW, db (they follow the optimizer's in-place updates), whether its products are wide (every
-        dimension >= 32: torch, i.e. MKL) or small (numpy), and preallocated output and delta buffers, each held as a
-        numpy array and a torch tensor on the same memory."""
+    def _host_plan(self, B: int) -> SimpleNamespace:
+        """What :meth:`backprop_host` needs at minibatches of B rows, built once (DQN is never deep-copied and its
+        parameters are views of ``self.flat`` from __init__ on, so the views stay valid): per Linear of the plain MLP,
+        numpy views of W, b, dW, db (they follow the optimizer's in-place updates), whether its products are wide
+        (every dimension >= 32: torch, i.e. MKL) or small (numpy), and preallocated output and delta buffers, each
+        held as a numpy array and a torch tensor on the same memory; a row of ones (bias gradients as a product) and
+        the offsets of the rows of the flattened [B, n_actions] output."""
         plan = self.__dict__.get("_host")
-        if plan is None or plan[0].B != B:
-            lins = [m for m in self.q.q if isinstance(m, nn.Linear)]
+        if plan is None or plan.B != B:
             def pair(n):
                 t = torch.empty(B, n)
                 return t.numpy(), t
-            plan = self.__dict__["_host"] = []
-            for i, m in enumerate(lins):
+            layers = []
+            for m in (m for m in self.q.q if isinstance(m, nn.Linear)):
                 W, b = m.weight.detach(), m.bias.detach()
                 (hn, ht), (dhn, dht) = pair(m.out_features), pair(m.in_features)
-                plan.append(SimpleNamespace(
-                    B=B, W=W, b=b, Wn=W.numpy(), bn=b.numpy(), gW=m.weight.grad, gWn=m.weight.grad.numpy(),
+                layers.append(SimpleNamespace(
+                    W=W, b=b, Wn=W.numpy(), bn=b.numpy(), gW=m.weight.grad, gWn=m.weight.grad.numpy(),
                     gbn=m.bias.grad.numpy(), wide=min(m.in_features, m.out_features, B) >= 32, hn=hn, ht=ht,
-                    dhn=dhn, dht=dht, ones=np.ones(B, np.float32), last=i == len(lins) - 1,
-                    row_offsets=np.arange(B) * m.out_features))             # row i of [B, out] flattened
+                    dhn=dhn, dht=dht))
+            plan = self.__dict__["_host"] = SimpleNamespace(
+                B=B, layers=layers, ones=np.ones(B, np.float32), row_offsets=np.arange(B) * self.n_actions)
         return plan
 
     def backprop_host(self, obs: np.ndarray, actions: np.ndarray, y: np.ndarray, q_sa: np.ndarray,
@@ -335,30 +336,30 @@ class DQN(Agent):
         through numpy (1-3 us a call, where torch's small-matrix path costs 7-40 us), the [B x 256] x [256 x 256]
         ones through torch (MKL), the activations and their derivatives through torch on the same memory."""
         P = self._host_plan(len(obs))
-        relu = self.config.activation == "relu"
+        layers, relu = P.layers, self.config.activation == "relu"
         hn, ht = [obs], [torch.from_numpy(obs)]                       # h_0 = s
-        for L in P:                                                   # z_l = h_{l-1} W_l^T + b_l
+        for i, L in enumerate(layers):                                # z_l = h_{l-1} W_l^T + b_l
             if L.wide:
                 torch.addmm(L.b, ht[-1], L.W.t(), out=L.ht)
             else:
                 np.add(np.matmul(hn[-1], L.Wn.T, out=L.hn), L.bn, out=L.hn)
-            if not L.last:                                            # h_l = act(z_l), in place
+            if i < len(layers) - 1:                                   # h_l = act(z_l), in place
                 L.ht.relu_() if relu else torch.tanh(L.ht, out=L.ht)
             hn.append(L.hn)
             ht.append(L.ht)
-        np.take(hn[-1].reshape(-1), actions[:, 0] + P[-1].row_offsets, out=q_sa[:, 0])   # Q(s_i, a_i)
+        np.take(hn[-1].reshape(-1), actions[:, 0] + P.row_offsets, out=q_sa[:, 0])   # Q(s_i, a_i)
         d = q_sa - y                                                  # TD error (negated)
         if self.config.loss == "huber":
             np.minimum(np.maximum(d, -1.0, out=d), 1.0, out=d)        # huber'(d) = clamp(d, -1, 1)
-        dyn = np.multiply(dq, d, out=P[-1].hn)                        # dL/dz_L (Q(s, .) is no longer needed)
-        dyt = P[-1].ht
-        for i in range(len(P) - 1, -1, -1):
-            L = P[i]
+        dyn = np.multiply(dq, d, out=layers[-1].hn)                   # dL/dz_L (Q(s, .) is no longer needed)
+        dyt = layers[-1].ht
+        for i in range(len(layers) - 1, -1, -1):
+            L = layers[i]
             if L.wide:                                                # dL/dW_l = dL/dz_l^T h_{l-1}
                 torch.mm(dyt.t(), ht[i], out=L.gW)
             else:
                 np.matmul(dyn.T, hn[i], out=L.gWn)
-            np.matmul(L.ones, dyn, out=L.gbn)                         # dL/db_l = sum_i dL/dz_l[i]
+            np.matmul(P.ones, dyn, out=L.gbn)                         # dL/db_l = sum_i dL/dz_l[i]
             if i > 0:                                                 # dL/dz_{l-1} = (dL/dz_l W_l) * act'(z_{l-1})
                 if L.wide:
                     torch.mm(dyt, L.W, out=L.dht)

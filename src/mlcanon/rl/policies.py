@@ -182,10 +182,7 @@ def mlp_backward(hs: list[torch.Tensor], seq: torch.nn.Sequential, dy: torch.Ten
     layers = _linears(seq)
     for i in range(len(layers) - 1, -1, -1):
         lin = layers[i][0]
-        if i == 0:   # dW_1^T = h_0^T delta_1 through the transposed view: [in x B] x [B x out] is a fast shape for the
-            torch.mm(hs[0].t(), dy, out=lin.weight.grad.t())   # BLAS when in is an observation's few numbers
-        else:
-            torch.mm(dy.t(), hs[i], out=lin.weight.grad)
+        torch.mm(dy.t(), hs[i], out=lin.weight.grad)
         torch.sum(dy, 0, out=lin.bias.grad)
         if i > 0:
             dh = dy @ lin.weight if work is None else torch.mm(dy, lin.weight, out=work[i])

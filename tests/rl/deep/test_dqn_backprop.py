@@ -59,7 +59,7 @@ def test_hand_gradient_equals_autograd(path, loss, activation, hidden):
             agent.backprop_host(obs.numpy(), actions.numpy(), y.numpy(), q_sa.numpy(),
                                 agent.loss_derivative_rows(actions).numpy())
         if hidden == (48, 40) and path == "host":
-            assert [L.wide for L in agent._host_plan(B)] == [False, True, False]
+            assert [L.wide for L in agent._host_plan(B).layers] == [False, True, False]
         exact, q64 = _autograd_grad(agent, obs, actions, y, torch.float64)
         ours = agent.flat.grad.double()
         # float32 rounding of sums of at most B + width terms along the chain: |error| <= (B + H) eps32 * scale
